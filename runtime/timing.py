@@ -296,25 +296,37 @@ def read_manifest(op_dir: str | os.PathLike) -> dict[str, Any]:
         for entry in entries:
             if not isinstance(entry["key"], str) or not isinstance(entry["file"], str):
                 raise ValueError("an entry lacks a string 'key' or 'file'")
+        files = [entry["file"] for entry in entries]
+        for calibration in manifest.get("calibrations", []):
+            if not isinstance(calibration["network_id"], str):
+                raise ValueError("a calibration lacks a string 'network_id'")
+            for sample in calibration["samples"]:
+                if not isinstance(sample["file"], str) or not isinstance(sample["keys"], list):
+                    raise ValueError("a calibration sample lacks a string 'file' or a list 'keys'")
+                files.append(sample["file"])
+        if manifest.get("empty_model"):
+            files.append(manifest["empty_model"])
     except (ValueError, KeyError, TypeError) as err:
         raise SleepnasError(f"invalid op manifest {path} ({err}): "
                             "write it again with `sleepnas cost export-ops`") from err
 
-    for entry in entries:
-        if not (op_dir / entry["file"]).is_file():
-            raise SleepnasError(f"op model {op_dir / entry['file']} listed in {path} is missing")
+    for file in files:
+        if not (op_dir / file).is_file():
+            raise SleepnasError(f"op model {op_dir / file} listed in {path} is missing")
     return manifest
 
 
 def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int = 20,
                    repeats: int = 100, keys: Sequence[str] | None = None,
-                   show_progress: bool | None = None) -> dict[str, Any]:
+                   calibrate: bool = True, show_progress: bool | None = None) -> dict[str, Any]:
     """Time every op model of a folder written by ``cost export-ops`` into a latency table.
 
     Each model runs at batch 1 in its own session; its latency is the median of
-    ``repeats`` timed runs after ``warmup`` untimed ones. The session overhead of
-    one run is measured too, from the manifest's empty model (input copied to
-    output), and stored as ``run_overhead_ms`` so the cost model can remove it.
+    ``repeats`` timed runs after ``warmup`` untimed ones. Two more kinds of model
+    in the manifest are timed the same way: the empty model (input copied to
+    output), whose latency is the cost of one ``session.run`` call and is stored as
+    ``run_overhead_ms``, and the calibration networks, whole networks whose measured
+    latency the cost model fits its correction on.
 
     Parameters
     ----------
@@ -323,9 +335,11 @@ def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int =
     threads : int
         Intra-op threads.
     warmup, repeats : int
-        Untimed and timed runs per op model.
+        Untimed and timed runs per model.
     keys : sequence of str, optional
         Time only these entries (to fill the gaps of a cached table).
+    calibrate : bool
+        Time the calibration networks too.
     show_progress : bool, optional
         Force the progress bar on or off; default follows the CLI verbosity.
 
@@ -333,29 +347,40 @@ def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int =
     -------
     dict
         The table as JSON-ready values: ``format``, ``device``, ``onnxruntime``,
-        ``threads``, ``batch_size``, ``warmup``, ``repeats``, ``network`` (copied from
-        the manifest), ``run_overhead_ms`` and ``latency_ms`` (entry key ->
-        median milliseconds).
+        ``threads``, ``batch_size``, ``warmup``, ``repeats``, ``run_overhead_ms``,
+        ``latency_ms`` (entry key -> median milliseconds) and ``calibrations`` (per
+        network: ``network_id``, the ``keys`` of each sample and its ``measured_ms``).
     """
     threads = _check_count("threads", threads, 1)
+    op_dir = Path(op_dir)
     manifest = read_manifest(op_dir)
     entries = manifest["entries"]
     if keys is not None:
         selected = set(keys)
         entries = [entry for entry in entries if entry["key"] in selected]
+    calibrations = manifest.get("calibrations", []) if calibrate else []
 
-    latency_ms = {}
-    for entry in progress(entries, desc="timing op models", unit="op", enabled=show_progress):
-        result = time_model(Path(op_dir) / entry["file"], threads=threads, batch_size=1,
-                            warmup=warmup, repeats=repeats)
-        latency_ms[entry["key"]] = result.p50_ms
-        logger.debug("%s: %.4f ms", entry["key"], result.p50_ms)
-
-    overhead_ms = 0.0
+    # One list of jobs, so a single progress bar covers op models and calibration networks.
+    jobs = [("op", entry["key"], entry["file"]) for entry in entries]
     if manifest.get("empty_model"):
-        result = time_model(Path(op_dir) / manifest["empty_model"], threads=threads,
-                            batch_size=1, warmup=warmup, repeats=repeats)
-        overhead_ms = result.p50_ms
+        jobs.append(("overhead", "", manifest["empty_model"]))
+    for n, calibration in enumerate(calibrations):
+        jobs += [("calibration", str(n), sample["file"]) for sample in calibration["samples"]]
+
+    latency_ms: dict[str, float] = {}
+    overhead_ms = 0.0
+    measured: dict[str, list[float]] = {}
+    for kind, name, file in progress(jobs, desc="timing op models", unit="model",
+                                     enabled=show_progress):
+        p50_ms = time_model(op_dir / file, threads=threads, batch_size=1,
+                            warmup=warmup, repeats=repeats).p50_ms
+        logger.debug("%s %s (%s): %.4f ms", kind, name, file, p50_ms)
+        if kind == "op":
+            latency_ms[name] = p50_ms
+        elif kind == "overhead":
+            overhead_ms = p50_ms
+        else:
+            measured.setdefault(name, []).append(p50_ms)
 
     return {
         "format": TABLE_FORMAT,
@@ -365,7 +390,12 @@ def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int =
         "batch_size": 1,
         "warmup": warmup,
         "repeats": repeats,
-        "network": manifest.get("network"),
         "run_overhead_ms": overhead_ms,
         "latency_ms": latency_ms,
+        "calibrations": [
+            {"network_id": calibration["network_id"],
+             "keys": [sample["keys"] for sample in calibration["samples"]],
+             "measured_ms": measured[str(n)]}
+            for n, calibration in enumerate(calibrations)
+        ],
     }

@@ -114,7 +114,10 @@ def write_op_dir(op_dir: Path) -> Path:
     write_relu_model(op_dir / "b.onnx", shape=(1, 4, 16), op="Sigmoid")
     write_relu_model(op_dir / "empty.onnx", shape=(1, 4, 16), op="Identity")
     manifest = {"format": 1, "network": {"init_channels": 4}, "empty_model": "empty.onnx",
-                "entries": [{"key": "op:a", "file": "a.onnx"}, {"key": "op:b", "file": "b.onnx"}]}
+                "entries": [{"key": "op:a", "file": "a.onnx"}, {"key": "op:b", "file": "b.onnx"}],
+                "calibrations": [{"network_id": "net1", "samples": [
+                    {"file": "a.onnx", "keys": ["op:a"]},
+                    {"file": "b.onnx", "keys": ["op:b", "op:b"]}]}]}
     (op_dir / "manifest.json").write_text(json.dumps(manifest))
     return op_dir
 
@@ -127,15 +130,20 @@ def test_measure_op_dir_table(tmp_path):
     assert table["run_overhead_ms"] > 0
     assert table["threads"] == 1
     assert table["batch_size"] == 1
-    assert table["network"] == {"init_channels": 4}
+    [calibration] = table["calibrations"]
+    assert calibration["network_id"] == "net1"
+    assert calibration["keys"] == [["op:a"], ["op:b", "op:b"]]
+    assert len(calibration["measured_ms"]) == 2
     assert table["device"] == timing.device_name()
     assert table["format"] == timing.TABLE_FORMAT
 
 
 def test_measure_op_dir_subset(tmp_path):
     op_dir = write_op_dir(tmp_path / "ops")
-    table = timing.measure_op_dir(op_dir, keys=["op:b"], warmup=0, repeats=2, show_progress=False)
+    table = timing.measure_op_dir(op_dir, keys=["op:b"], calibrate=False, warmup=0, repeats=2,
+                                  show_progress=False)
     assert list(table["latency_ms"]) == ["op:b"]
+    assert table["calibrations"] == []
 
 
 def test_measure_op_dir_missing_manifest(tmp_path):
