@@ -57,8 +57,8 @@ def reduced_length(length: int, stride: int) -> int:
 def attention_heads(channels: int) -> int:
     """Return the number of heads of ``attention`` at ``channels``.
 
-    Four heads, halved while a head would have fewer than 8 channels or the
-    heads do not divide ``channels``; one head at 8 channels or fewer.
+    Start from four heads and halve them while a head would get fewer than 8
+    channels or the heads do not divide ``channels``. At 8 channels or fewer there is one head.
     """
     heads = 4
     while heads > 1 and (channels % heads or channels // heads < 8):
