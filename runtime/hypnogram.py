@@ -189,12 +189,13 @@ def sleep_statistics(labels: Sequence[int], stage_names: Sequence[str], window_s
     scored_s = len(labels) * window_s
     start_s = 0.0 if lights_off_s is None else float(lights_off_s)
     end_s = scored_s if lights_on_s is None else float(lights_on_s)
-    if end_s <= start_s:
-        raise SleepnasError(f"lights on ({end_s:g} s) is not after lights off ({start_s:g} s): "
-                            f"expected --lights-on later than --lights-off")
     if start_s >= scored_s:
         raise SleepnasError(f"lights off at {start_s:g} s is after the end of the scored recording "
                             f"({scored_s:g} s)")
+    if end_s <= start_s:
+        raise SleepnasError(f"lights on ({end_s:g} s) is not after lights off ({start_s:g} s): "
+                            f"expected --lights-on later than --lights-off")
+    # NOTE: lights on after the last scored window is moved to the end of that window.
     end_s = min(end_s, scored_s)
 
     midpoints = (np.arange(len(labels)) + 0.5) * window_s

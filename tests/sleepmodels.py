@@ -22,13 +22,19 @@ METADATA_KEYS = ("sleepnas.format", "sleepnas.window_spec", "sleepnas.stages",
                  "sleepnas.genotype", "sleepnas.model", "sleepnas.metrics", "sleepnas.versions")
 
 
-def default_weight(n_classes: int, n_chans: int, seed: int = 0) -> np.ndarray:
-    """Return a seeded (n_classes, n_chans) weight whose classes favour different channels."""
-    rng = np.random.default_rng(seed)
-    weight = rng.normal(0.0, 0.3, size=(n_classes, n_chans))
-    for k in range(n_classes):
-        weight[k, k % n_chans] += 2.0 + 0.5 * k
-    return weight.astype(np.float32)
+def default_parameters(n_classes: int, n_chans: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(weight, bias)`` of a nearest-centroid classifier over the features.
+
+    ``logits_k = 2 c_k . f - |c_k|^2`` ranks classes as ``-|f - c_k|^2`` does, so each
+    class wins near its centroid ``c_k`` and every class is reachable. Centroids lie
+    between 0.5 and 2 in units of the normalized mean |x|, where signals of a few
+    times the channel's scale fall.
+    """
+    centroids = np.array([[0.5 + 1.5 * ((k + c) % n_classes) / max(n_classes - 1, 1)
+                           for c in range(n_chans)] for k in range(n_classes)])
+    weight = (2.0 * centroids).astype(np.float32)
+    bias = (-(centroids**2).sum(axis=1)).astype(np.float32)
+    return weight, bias
 
 
 def metadata_for(spec: WindowSpec, *, model_name: str = "linear-test") -> dict[str, str]:
@@ -58,7 +64,7 @@ def build_linear_model(path: str | Path, spec: WindowSpec, *, weight: np.ndarray
     spec : WindowSpec
         Must have a scale. Its channels and window length give the input shape.
     weight, bias : ndarray, optional
-        Shapes (n_classes, n_chans) and (n_classes,); defaults from `default_weight`, zeros.
+        Shapes (n_classes, n_chans) and (n_classes,); default `default_parameters`.
     metadata : dict, optional
         Replaces values of the default metadata (`metadata_for`).
     drop_keys : iterable of str
@@ -70,8 +76,9 @@ def build_linear_model(path: str | Path, spec: WindowSpec, *, weight: np.ndarray
     n_chans = spec.n_chans
     n_times = spec.n_times if n_times is None else n_times
     n_classes = len(spec.stage_names) if n_classes is None else n_classes
-    weight = default_weight(n_classes, n_chans) if weight is None else np.asarray(weight, np.float32)
-    bias = np.zeros(n_classes, np.float32) if bias is None else np.asarray(bias, np.float32)
+    default_weight, default_bias = default_parameters(n_classes, n_chans)
+    weight = default_weight if weight is None else np.asarray(weight, np.float32)
+    bias = default_bias if bias is None else np.asarray(bias, np.float32)
 
     graph = helper.make_graph(
         nodes=[
@@ -102,15 +109,18 @@ def build_linear_model(path: str | Path, spec: WindowSpec, *, weight: np.ndarray
     return path
 
 
-def expected_logits(spec: WindowSpec, raw_windows: np.ndarray, weight: np.ndarray,
+def expected_logits(spec: WindowSpec, raw_windows: np.ndarray, weight: np.ndarray | None = None,
                     bias: np.ndarray | None = None) -> np.ndarray:
-    """Compute by hand, in float64, the logits `build_linear_model` returns for raw windows."""
+    """Compute by hand, in float64, the logits `build_linear_model` returns for raw windows.
+
+    ``weight`` and ``bias`` default to `default_parameters`, as in `build_linear_model`.
+    """
+    default_weight, default_bias = default_parameters(len(spec.stage_names), spec.n_chans)
+    weight = default_weight if weight is None else weight
+    bias = default_bias if bias is None else bias
     normalized = spec.normalize(raw_windows).astype(np.float64)
     features = np.abs(normalized).mean(axis=-1)
-    out = features @ np.asarray(weight, np.float64).T
-    if bias is not None:
-        out = out + np.asarray(bias, np.float64)
-    return out
+    return features @ np.asarray(weight, np.float64).T + np.asarray(bias, np.float64)
 
 
 def small_spec(channels: Sequence[str] = ("EEG Fpz-Cz", "EMG submental"), *,
