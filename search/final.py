@@ -46,8 +46,8 @@ def count_params(model: nn.Module) -> int:
 def count_flops(model: nn.Module, n_chans: int, n_times: int) -> int | None:
     """Return the FLOPs of one window (one fused multiply-add = one FLOP), or ``None``.
 
-    ``None`` means the search space's FLOP counter is not available or failed; a
-    warning says why.
+    ``None`` means the search space's FLOP counter is not available or failed, and a
+    warning names the reason.
     """
     try:
         from .flops import count_flops as _count
@@ -409,6 +409,6 @@ def train_from_path(name_or_genotype: Any, network_config: Any, data_path: str |
     if folds < 2 or folds > len(subject_ids):
         raise SleepnasError(f"invalid --folds {folds}: expected 2 to {len(subject_ids)}, "
                             f"the number of subjects in {data_path}")
-    splits = kfold_subjects(subject_ids, folds, seed=config.seed)
+    splits = kfold_subjects(subject_ids, folds, seed=config.seed, val_fraction=val_fraction)
     return train_folds(name_or_genotype, network_config, make_fold_data, splits, config, run_dir,
                        resume=resume, options=options, measure_latency=measure_latency)

@@ -81,7 +81,7 @@ class TinySleepNet(nn.Module):
 
     @staticmethod
     def feature_steps(n_times: int) -> int:
-        """Return the length of the feature sequence the LSTM sees for ``n_times`` samples."""
+        """Return the length of the feature sequence the LSTM receives for ``n_times`` samples."""
         steps = (n_times + 2 * 22 - 50) // 6 + 1
         steps = -(-steps // 8)
         return -(-steps // 4) if steps > 0 else 0

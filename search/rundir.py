@@ -1,10 +1,10 @@
 """The run directory: its file names, and atomic writers and readers for each file.
 
-A run directory holds ``config.json`` (resolved options), ``window_spec.json``,
+A run directory contains ``config.json`` (resolved options), ``window_spec.json``,
 ``split.json``, ``genotype.json`` (absent for a reference model), ``architecture.txt``,
 ``results.json``, ``weights.pt`` (state dict of the final model), ``checkpoint.pt``
 (everything needed to resume) and ``log.txt``. Every file is written atomically, and
-``.pt`` files hold only tensors and plain containers, so they load with
+``.pt`` files contain only tensors and plain containers, so they load with
 ``torch.load(..., weights_only=True)``.
 """
 
@@ -53,8 +53,8 @@ def create_run_dir(save_dir: str | os.PathLike | None = None, *, prefix: str = "
     prefix : str
         First part of the default name (``"train"``, ``"darts"``, ...).
     resume : bool
-        The directory must then exist and hold a ``config.json``; otherwise it must
-        not already hold a run.
+        The directory must then exist and contain a ``config.json``. Otherwise it must
+        not already contain a run.
     """
     if save_dir is None:
         if resume:
@@ -67,7 +67,7 @@ def create_run_dir(save_dir: str | os.PathLike | None = None, *, prefix: str = "
                                 f"of an earlier run, or start a new run without --resume")
         return path
     if (path / CONFIG).exists() or (path / CHECKPOINT).exists():
-        raise SleepnasError(f"{path} already holds a run: choose another --save-dir, "
+        raise SleepnasError(f"{path} already contains a run: choose another --save-dir, "
                             f"or continue that run with --resume")
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -119,7 +119,8 @@ def load_state(path: str | os.PathLike, *, what: str = "file") -> dict[str, Any]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise SleepnasError(f"corrupt {what} {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SleepnasError(f"corrupt {what} {path}: {reason}; delete it, or train again") from None
     if not isinstance(state, dict):
         raise SleepnasError(f"corrupt {what} {path}: expected a dict, found {type(state).__name__}")
     return state

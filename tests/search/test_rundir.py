@@ -24,7 +24,7 @@ def test_create_default_name(tmp_path, monkeypatch):
 
 def test_create_rejects_existing_run(tmp_path):
     rundir.write_json(tmp_path, rundir.CONFIG, {"model": "tinysleepnet"})
-    with pytest.raises(SleepnasError, match="already holds a run"):
+    with pytest.raises(SleepnasError, match="already contains a run"):
         rundir.create_run_dir(tmp_path)
     assert rundir.create_run_dir(tmp_path, resume=True) == tmp_path
 
