@@ -139,14 +139,14 @@ def fetch(out_dir, subjects, recordings):
 
 @data.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--subjects", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Number of subjects.")
-@click.option("--nights", type=click.IntRange(1, 2), default=2, show_default=True,
-              help="Nights per subject.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--subjects", type=int, default=4, show_default=True,
+              help="Number of subjects, numbered from 0 as in Sleep-EDF.")
+@click.option("--nights", type=int, default=2, show_default=True, help="Nights per subject.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed; the same options write byte-identical files.")
+@click.option("--hours", type=float, default=None,
               help="Length of each recording in hours, for short test data. Default: a "
-                   "whole night with wake around the sleep period.")
+                   "realistic night of about 9-10 h with wake around the sleep period.")
 def synth(out_dir, subjects, nights, seed, hours):
     """Write a synthetic cohort in the Sleep-EDF cassette layout into OUT_DIR."""
     from sleepnas.tools.synth import synthesize_cohort
