@@ -178,7 +178,7 @@ def sleep_statistics(labels: Sequence[int], stage_names: Sequence[str], window_s
     - ``n_awakenings``: runs of W after sleep onset and before the last sleep window
       (the final awakening is not counted).
 
-    Latencies and WASO are ``None`` when the period holds no sleep (or no REM).
+    Latencies and WASO are ``None`` when the period contains no sleep (or no REM).
 
     References
     ----------
@@ -385,7 +385,7 @@ def write_outputs(result: ScoreResult, out_dir: str | os.PathLike, summary: dict
                   plot: bool = False) -> dict[str, Path]:
     """Write the CSV, EDF+ and summary files (and the PNG) of a recording.
 
-    Every file is rendered in memory first and then written atomically; if one write
+    Every file is rendered in memory first and then written atomically. If one write
     fails, the files of this recording already written are removed, so a failure
     leaves no partial set behind.
     """

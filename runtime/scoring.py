@@ -1,10 +1,10 @@
 """Score a recording window by window with a sleepnas model, in batch or as a stream.
 
-Batch scoring (`score_recording`, `score_signals`) and streaming (`Scorer`) cut the
-signal into consecutive windows from its first sample, normalize each window on its own
-with the model's window spec and run the same code on them, so both give the same
-hypnogram for the same samples. Windows are scored even when their signal is doubtful;
-a `flag` says why (NaN samples, a flat channel, a clipped channel).
+Batch scoring (`score_recording`, `score_signals`) and streaming (`Scorer`) both cut the
+signal into consecutive windows from its first sample. Each window is normalized on its
+own with the model's window spec and goes through the same code, so both give the same
+hypnogram for the same samples. Windows are scored even when their signal is doubtful,
+and a `flag` says why (NaN samples, a flat channel, a clipped channel).
 """
 
 from __future__ import annotations
@@ -129,11 +129,11 @@ class ScoreResult:
 def window_flags(windows: np.ndarray, spec: WindowSpec) -> list[str]:
     """Describe what is doubtful in each raw window, or ``""`` when nothing is.
 
-    A window is flagged for non-finite samples (NaN runs from gaps in the recording),
-    for a flat channel (peak-to-peak below `FLAT_FRACTION` of the channel's scale;
-    event, marker and temperature channels are exempt because they are flat by nature),
-    and for a clipped channel (`CLIP_FRACTION` or more of the samples at the window's
-    extreme value).
+    A window is flagged for three reasons. Non-finite samples are NaN runs from gaps in
+    the recording. A channel is flat when its peak-to-peak amplitude is below
+    `FLAT_FRACTION` of its scale, except event, marker and temperature channels, which
+    are flat by nature. A channel is clipped when `CLIP_FRACTION` or more of its samples
+    sit at the window's maximum or minimum.
 
     Parameters
     ----------

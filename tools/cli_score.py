@@ -73,7 +73,7 @@ def score(model_path: Path, recordings: tuple[Path, ...], output_dir: Path | Non
               None if lights_on is None else parse_lights(lights_on, "--lights-on"))
     check_output_dir(output_dir)
     model = load_model(model_path, threads=threads, providers=provider)
-    logger.info("model %s: %s, channels %s", model.path.name, model.spec.scheme,
+    logger.debug("model %s: %s, channels %s", model.path.name, model.spec.scheme,
                 ", ".join(model.spec.channels))
     _score_files(model, recordings, output_dir, batch_size=batch_size, plot=plot,
                  reference=False if no_reference else reference, lights=lights)
@@ -104,7 +104,8 @@ def _score_files(model, recordings, output_dir: Path, *, batch_size: int, plot: 
                 model, psg, output_dir, batch_size=batch_size, plot=plot, reference=reference,
                 lights_off=lights[0], lights_on=lights[1])
         except (SleepnasError, OSError) as err:
-            logger.error("%s failed: %s", psg.name, _one_line(err))
+            if len(recordings) > 1:
+                logger.error("%s failed: %s", psg.name, _one_line(err))
             failures.append((psg, err))
             continue
         click.echo(_result_line(result, summary, paths))

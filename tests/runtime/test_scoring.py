@@ -140,3 +140,12 @@ def test_marker_channel_never_flat():
     windows = np.zeros((1, 2, 3000))
     windows[0, 0] = np.random.default_rng(7).normal(0.0, 2e-5, 3000)
     assert window_flags(windows, spec) == [""]
+
+
+def test_recording_flat_window_flagged(linear_model, tmp_path):
+    data = varying_signal(6 * 3000, seed=8)
+    data[1, 3 * 3000:4 * 3000] = 7.0
+    path = write_psg(tmp_path / "flat.edf", dict(zip(CHANNELS, data)))
+    result = score_recording(linear_model, path)
+    assert result.flags == ["", "", "", "flat EMG submental", "", ""]
+    assert result.n_flagged == 1
