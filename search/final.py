@@ -138,9 +138,9 @@ def _run_config(name: str, network_config: Any, config: TrainConfig, options: di
 
 def _check_same_run(run_dir: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     def strip(config: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in config.items() if k not in ("training", "options")}
-        out["training"] = {k: v for k, v in config.get("training", {}).items() if k not in _RESUME_FREE}
-        out["options"] = {k: v for k, v in config.get("options", {}).items() if k not in _RESUME_FREE}
+        out = {k: config.get(k) for k in ("model", "network", "genotype", "folds")}
+        out["training"] = {k: v for k, v in (config.get("training") or {}).items() if k not in _RESUME_FREE}
+        out["options"] = {k: v for k, v in (config.get("options") or {}).items() if k not in _RESUME_FREE}
         return out
 
     old, new = strip(saved), strip(current)
@@ -151,15 +151,25 @@ def _check_same_run(run_dir: Path, saved: dict[str, Any], current: dict[str, Any
                             f"or start a new run")
 
 
+def _write_config(run_dir: Path, run_config: dict[str, Any]) -> None:
+    # Keys a search wrote before its final training (its own options) are kept.
+    path = run_dir / rundir.CONFIG
+    merged = rundir.read_json(run_dir, rundir.CONFIG) if path.is_file() else {}
+    merged.update(run_config)
+    rundir.write_json(run_dir, rundir.CONFIG, merged)
+
+
 def train_run(name_or_genotype: Any, network_config: Any, data: TrainData, config: TrainConfig,
               run_dir: str | os.PathLike, *, resume: bool = False, search_seconds: float | None = None,
               options: dict[str, Any] | None = None, measure_latency: bool = True,
-              log_every: int | None = None) -> dict[str, Any]:
+              log_every: int | None = None,
+              checkpoint_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a genotype or a reference model from scratch and write its run directory.
 
-    Writes ``config.json``, ``window_spec.json``, ``split.json``, ``genotype.json`` (for a
-    genotype), ``architecture.txt``, ``checkpoint.pt`` each epoch, ``weights.pt`` and
-    ``results.json``. The directory must exist (see `rundir.create_run_dir`).
+    Writes ``config.json`` (keeping keys a search wrote there before), ``window_spec.json``,
+    ``split.json``, ``genotype.json`` (for a genotype), ``architecture.txt``,
+    ``checkpoint.pt`` each epoch, ``weights.pt`` and ``results.json``. The directory
+    must exist (see `rundir.create_run_dir`).
 
     Parameters
     ----------
@@ -181,6 +191,8 @@ def train_run(name_or_genotype: Any, network_config: Any, data: TrainData, confi
         Time the exported model with onnxruntime for ``latency_ms``.
     log_every : int, optional
         Log the running training loss every this many mini-batches.
+    checkpoint_extra : dict, optional
+        Stored in every checkpoint under ``"extra"`` (a search's finished state, say).
 
     Returns
     -------
@@ -200,7 +212,7 @@ def train_run(name_or_genotype: Any, network_config: Any, data: TrainData, confi
     run_config = _run_config(name, network_config, config, options, genotype)
     if resume:
         _check_same_run(run_dir, rundir.read_json(run_dir, rundir.CONFIG), run_config)
-    rundir.write_json(run_dir, rundir.CONFIG, run_config)
+    _write_config(run_dir, run_config)
     rundir.write_window_spec(run_dir, spec)
     rundir.write_json(run_dir, rundir.SPLIT, data.split)
     if genotype is not None:
@@ -213,7 +225,8 @@ def train_run(name_or_genotype: Any, network_config: Any, data: TrainData, confi
     logger.info("training %s (%d parameters) for up to %d epochs in %s", name, count_params(model),
                 config.epochs, run_dir)
 
-    result = train_model(model, data, config, run_dir=run_dir, resume=resume, log_every=log_every)
+    result = train_model(model, data, config, run_dir=run_dir, resume=resume, log_every=log_every,
+                         checkpoint_extra=checkpoint_extra)
     results = build_results(result, model, data, seed=config.seed, search_seconds=search_seconds,
                             measure_latency=measure_latency)
     rundir.write_json(run_dir, rundir.RESULTS, results)
@@ -327,7 +340,7 @@ def train_folds(name_or_genotype: Any, network_config: Any, make_fold_data: Any,
     run_config["folds"] = len(splits)
     if resume:
         _check_same_run(run_dir, rundir.read_json(run_dir, rundir.CONFIG), run_config)
-    rundir.write_json(run_dir, rundir.CONFIG, run_config)
+    _write_config(run_dir, run_config)
 
     fold_results = []
     stage_names: Sequence[str] = ()

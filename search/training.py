@@ -95,6 +95,9 @@ class TrainConfig:
         Windows per batch when evaluating.
     max_batches_per_epoch : int or None
         Cap on mini-batches per epoch, for quick training of search children.
+    drop_path_prob : float
+        Drop-path probability of a genotype network, raised linearly from 0 over the
+        epochs as DARTS trains (0.2 there); models without ``drop_path_prob`` ignore it.
     """
 
     epochs: int = 20
@@ -112,6 +115,7 @@ class TrainConfig:
     num_threads: int | None = None
     eval_batch_size: int = 128
     max_batches_per_epoch: int | None = None
+    drop_path_prob: float = 0.0
 
     def __post_init__(self) -> None:
         check_option("optimizer", self.optimizer, DEFAULT_LR)
@@ -121,6 +125,8 @@ class TrainConfig:
         check_positive("eval_batch_size", self.eval_batch_size)
         check_positive("lr_min", self.lr_min, allow_zero=True)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        if not 0.0 <= self.drop_path_prob < 1.0:
+            raise SleepnasError(f"invalid drop_path_prob {self.drop_path_prob!r}: expected a probability in [0, 1)")
         for name in ("lr", "grad_clip", "patience", "num_threads", "max_batches_per_epoch"):
             value = getattr(self, name)
             if value is not None:
@@ -288,6 +294,7 @@ class _State:
 def _checkpoint(model: nn.Module, optimizer: Any, scheduler: Any, state: _State,
                 config: TrainConfig, data: TrainData, extra: dict[str, Any] | None) -> dict[str, Any]:
     return {
+        "kind": "training",
         "format": 1,
         "config": config.to_dict(),
         "split": data.split,
@@ -304,7 +311,7 @@ def _checkpoint(model: nn.Module, optimizer: Any, scheduler: Any, state: _State,
 
 
 def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig, data: TrainData, path: Path) -> None:
-    if checkpoint.get("format") != 1 or "state" not in checkpoint:
+    if checkpoint.get("kind") != "training" or checkpoint.get("format") != 1 or "state" not in checkpoint:
         raise SleepnasError(f"corrupt checkpoint {path}: not a sleepnas training checkpoint")
     saved = {k: v for k, v in checkpoint["config"].items() if k not in _RESUME_FREE_KEYS}
     current = {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE_KEYS}
@@ -429,8 +436,14 @@ class _Loop:
     def run(self, state: _State) -> None:
         while not state.finished:
             started = time.perf_counter()
-            self.train_epoch(state)
-            self.validate(state)
+            try:
+                self.train_epoch(state)
+                self.validate(state)
+            except (MemoryError, torch.OutOfMemoryError):
+                kept = "the checkpoint of the last epoch is kept; " if self.run_dir is not None else ""
+                raise SleepnasError(
+                    f"out of memory at epoch {state.epoch + 1} with --batch-size {self.config.batch_size}: "
+                    f"{kept}lower --batch-size or --init-channels, or use --preset small") from None
             state.train_seconds += time.perf_counter() - started
             state.history[-1]["seconds"] = round(time.perf_counter() - started, 3)
             self.save(state)
@@ -441,6 +454,8 @@ class _Loop:
         config, epoch = self.config, state.epoch + 1
         batches = _epoch_order(self.data, config, epoch)
         self.model.train()
+        if hasattr(self.model, "drop_path_prob"):
+            self.model.drop_path_prob = config.drop_path_prob * (epoch - 1) / config.epochs
         started = time.perf_counter()
         steps = progress(range(state.batch, len(batches)), desc=f"epoch {epoch}/{config.epochs}",
                          total=len(batches) - state.batch, unit="batch", enabled=self.progress_bar)

@@ -209,3 +209,32 @@ def test_divergence_is_reported():
     data = _data()
     with pytest.raises(SleepnasError, match="training diverged"):
         train_model(_net(), data, _config(lr=1e30, grad_clip=None), progress_bar=False)
+
+
+class _DropPathNet(nn.Module):
+    """A tiny model that records the drop-path probability of each training forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self.drop_path_prob = 0.0
+        self.seen: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(self.drop_path_prob)
+        return self.net(x)
+
+
+def test_drop_path_rises_linearly():
+    model = _DropPathNet()
+    train_model(model, _data(), _config(epochs=4, drop_path_prob=0.2, max_batches_per_epoch=1),
+                progress_bar=False)
+    # One mini-batch per epoch: 0.2 * (epoch - 1) / 4.
+    assert model.seen == pytest.approx([0.0, 0.05, 0.1, 0.15])
+
+
+def test_checkpoint_of_other_kind_rejected(tmp_path):
+    rundir.save_checkpoint(tmp_path, {"kind": "search", "alphas": torch.zeros(2)})
+    with pytest.raises(SleepnasError, match="not a sleepnas training checkpoint"):
+        train_model(_net(), _data(), _config(), run_dir=tmp_path, resume=True)
