@@ -55,8 +55,8 @@ def _shape(value: Any) -> list[int] | None:
 def _lstm_flops(inputs: list[Any], outputs: list[Any]) -> int:
     """Count ``aten::lstm``: per layer, direction and step, ``4 * H * (I + H)`` multiply-adds.
 
-    Signature: ``lstm(input, hx, params, has_biases, num_layers, dropout, train,
-    bidirectional, batch_first)``; ``hx[0]`` has shape ``(layers * directions, batch, H)``.
+    The traced signature is ``lstm(input, hx, params, has_biases, num_layers, dropout,
+    train, bidirectional, batch_first)``.
     """
     input_shape = _shape(inputs[0])
     num_layers = int(inputs[4].toIValue())

@@ -179,7 +179,9 @@ def stem_length(n_times: int) -> int:
 
 
 @dataclass(frozen=True)
-class _CellLayout:
+class CellLayout:
+    """Channels and lengths of a cell's two inputs and of its ops, as the network builds them."""
+
     index: int
     reduction: bool
     reduction_prev: bool
@@ -190,8 +192,8 @@ class _CellLayout:
     length_prev: int
 
 
-def _cell_layouts(config: NetworkConfig) -> list[_CellLayout]:
-    """Return channels and lengths of each cell's inputs, as the network builds them."""
+def cell_layouts(config: NetworkConfig) -> list[CellLayout]:
+    """Return the `CellLayout` of each cell of ``config``."""
     reductions = reduction_indices(config.num_cells)
     channels = config.stem_multiplier * config.init_channels
     c_pp, c_p, c_cur = channels, channels, config.init_channels
@@ -203,7 +205,7 @@ def _cell_layouts(config: NetworkConfig) -> list[_CellLayout]:
         reduction = k in reductions
         if reduction:
             c_cur *= 2
-        layouts.append(_CellLayout(k, reduction, reduction_prev, c_pp, c_p, c_cur, l_pp, l_p))
+        layouts.append(CellLayout(k, reduction, reduction_prev, c_pp, c_p, c_cur, l_pp, l_p))
         l_out = reduced_length(l_p, 2) if reduction else l_p
         c_pp, c_p = c_p, config.num_nodes * c_cur
         l_pp, l_p = l_p, l_out
@@ -219,7 +221,7 @@ def edge_signatures(config: NetworkConfig) -> list[EdgeSignature]:
     see the already halved length at stride 1.
     """
     signatures = []
-    for layout in _cell_layouts(config):
+    for layout in cell_layouts(config):
         reduced = reduced_length(layout.length_prev, 2)
         for e, (node, j) in enumerate(edge_sources(config.num_nodes)):
             stride = 2 if layout.reduction and j < 2 else 1
@@ -234,7 +236,7 @@ def fixed_parts(config: NetworkConfig) -> list[FixedPart]:
     stem_channels = config.stem_multiplier * config.init_channels
     length = stem_length(config.n_times)
     parts = [FixedPart("stem", (config.in_channels, config.n_times), (stem_channels, length))]
-    layouts = _cell_layouts(config)
+    layouts = cell_layouts(config)
     for layout in layouts:
         out = (layout.channels, layout.length_prev)
         parts.append(FixedPart(f"cell{layout.index}.preprocess0",
@@ -251,9 +253,9 @@ def build_fixed_part(config: NetworkConfig, name: str) -> nn.Module:
     if name == "stem":
         return make_stem(config)
     if name == "head":
-        last = _cell_layouts(config)[-1]
+        last = cell_layouts(config)[-1]
         return Head(config.num_nodes * last.channels, config.n_classes, config.dropout)
-    layouts = {f"cell{layout.index}": layout for layout in _cell_layouts(config)}
+    layouts = {f"cell{layout.index}": layout for layout in cell_layouts(config)}
     cell, _, which = name.partition(".")
     if cell not in layouts or which not in ("preprocess0", "preprocess1"):
         names = ", ".join(part.name for part in fixed_parts(config))
@@ -318,7 +320,7 @@ class Cell(nn.Module):
     """A discrete cell: each intermediate node sums two ops on earlier nodes."""
 
     def __init__(self, edges: tuple[tuple[str, int], ...], concat: tuple[int, ...],
-                 layout: _CellLayout) -> None:
+                 layout: CellLayout) -> None:
         super().__init__()
         self.reduction = layout.reduction
         self.preprocess0 = make_preprocess(layout.c_prev_prev, layout.channels, layout.reduction_prev)
@@ -363,10 +365,10 @@ class Network(nn.Module):
         self.drop_path_prob = 0.0
         self.stem = make_stem(config)
         self.cells = nn.ModuleList()
-        for layout in _cell_layouts(config):
+        for layout in cell_layouts(config):
             edges = genotype.reduce if layout.reduction else genotype.normal
             self.cells.append(Cell(edges, genotype.concat, layout))
-        last = _cell_layouts(config)[-1]
+        last = cell_layouts(config)[-1]
         self.head = Head(config.num_nodes * last.channels, config.n_classes, config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Each edge outputs the sum of all its ops, weighted by the softmax of that edge's row of
 arch parameters (``alphas_normal`` for normal cells, ``alphas_reduce`` for reduction
 cells). With ``partial_channels=K > 1`` only ``C / K`` channels of an edge's input go
-through the ops and the rest bypass them, which cuts memory and time about K-fold; with
+through the ops and the rest bypass them, which cuts memory and time about K-fold. With
 ``edge_normalization`` each node also weighs its incoming edges by a softmax of
 per-edge parameters (``betas``).
 
@@ -118,7 +118,7 @@ class Supernet(nn.Module):
     config : NetworkConfig
         Shape of the network; the supernet has the stem, cells and head of `Network`.
     partial_channels : int
-        K of PC-DARTS: each mixed op sees ``1 / K`` of the channels (1 = plain DARTS).
+        K of PC-DARTS: each mixed op computes on ``1 / K`` of the channels (1 = plain DARTS).
     edge_normalization : bool
         Weigh each node's incoming edges by a softmax of learned ``betas`` (PC-DARTS).
     checkpoint_cells : bool

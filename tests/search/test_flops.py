@@ -20,6 +20,15 @@ from sleepnas.search.ops import OP_NAMES, make_op, reduced_length
 C = 16
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny tensors run faster on one thread, and a loaded machine makes more threads slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _conv(k: int, L_out: int) -> int:
     return C * C * k * L_out + 2 * C * L_out
 

@@ -17,6 +17,15 @@ from sleepnas.search.ops import OP_NAMES
 OPS = ("conv_3x1", "lstm", "identity", "zero")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny tensors run faster on one thread, and a loaded machine makes more threads slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _genotype() -> Genotype:
     normal = (("conv_3x1", 0), ("lstm", 1), ("identity", 0), ("conv_3x1", 2))
     reduce = (("lstm", 0), ("lstm", 1), ("conv_3x1", 1), ("identity", 2))

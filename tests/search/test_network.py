@@ -19,6 +19,15 @@ from sleepnas.search.ops import OP_NAMES
 TINY = dict(init_channels=8, num_cells=4, num_nodes=2, n_times=200)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny tensors run faster on one thread, and a loaded machine makes more threads slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_default_config_values():
     config = network_config()
     assert (config.in_channels, config.n_times, config.n_classes) == (7, 3000, 5)

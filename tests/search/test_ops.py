@@ -17,6 +17,15 @@ from sleepnas.search.ops import (OP_NAMES, OPS, PARAMETER_FREE_OPS, attention_he
 CHANNELS = 16
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny tensors run faster on one thread, and a loaded machine makes more threads slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _export_and_run(module: torch.nn.Module, x: torch.Tensor, dynamo: bool = False) -> np.ndarray:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
