@@ -50,7 +50,8 @@ def eeg_signal(t_s: np.ndarray) -> np.ndarray:
 def _signal(name: str, rate: float, duration_s: float, rng: np.random.Generator) -> edfio.EdfSignal:
     t_s = np.arange(int(round(duration_s * rate))) / rate
     if name == "EEG Fpz-Cz":
-        data, physical_range = eeg_signal(t_s), (-200.0, 200.0)
+        data = eeg_signal(t_s)
+        physical_range = (-200.0, 200.0 + duration_s / WINDOW_S)
     elif name == "Temp rectal":
         data, physical_range = temp_signal(t_s), (30.0, 40.0)
     elif name in ("Event marker", "Marker"):
