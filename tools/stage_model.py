@@ -68,14 +68,15 @@ CYCLE_PHASE_EDGES_MIN = (15.0, 60.0)
 #: Bout lengths depend on the part of the night: the bout starts before 2.5 h, before 5 h,
 #: or later.
 DURATION_PHASE_EDGES_H = (2.5, 5.0)
-#: Probability levels of the stored bout-length quantiles; the tail is finer so that
-#: the long bouts, which carry much of the mean, are kept.
+#: Probability levels of the stored bout-length quantiles. The tail is finer because the
+#: few long bouts carry much of the mean.
 QUANTILE_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 #: Wake longer than this (in windows) splits sleep into separate periods (a nap, the night).
 MAX_WAKE_GAP_WINDOWS = 120
-#: Pseudo-counts that pull a phase's transition row, or a part's bout lengths, to the
-#: pooled estimate when that phase has few bouts.
+#: Pseudo-counts that pull a phase's transition row toward the pooled row, so a phase
+#: with few bouts of a state borrows from the others.
 TRANSITION_PSEUDO_COUNTS = 10.0
+#: Fewest bouts from which a part of the night gets bout-length quantiles of its own.
 MIN_BOUTS_FOR_QUANTILES = 15
 
 
@@ -98,7 +99,7 @@ def read_hypnogram_states(path: str | Path) -> np.ndarray:
     try:
         annotations = edfio.read_edf(path).annotations
     except (OSError, ValueError) as err:
-        raise SleepnasError(f"cannot read hypnogram {path}: {err}") from None
+        raise SleepnasError(f"failed to read hypnogram {path}: {err}") from None
     if not annotations:
         raise SleepnasError(f"hypnogram {path} has no annotations: expected sleep stages")
 
@@ -181,9 +182,9 @@ def _fit_transitions(nights: Sequence[_Night]) -> list:
                  state[:-1], state[1:])
         np.add.at(counts, index, 1.0)
 
-    # Shrink the rows of each cycle phase toward the rows pooled over all phases, and the
-    # rows of each (night phase, cycle phase) toward those of its cycle phase, so a phase
-    # with few bouts of a state does not get a row made of one or two observations.
+    # Shrink each cycle phase's rows toward the rows pooled over all phases, and each
+    # (night phase, cycle phase) row toward its cycle phase's row. A phase with few bouts
+    # of a state then does not get a row made of one or two observations.
     pooled = _shrink(counts.sum(axis=(0, 1)), None)
     per_cycle = _shrink(counts.sum(axis=0), pooled)
     probabilities = _shrink(counts, per_cycle[None])
@@ -286,7 +287,7 @@ def _read_night(path: Path, lights_off: dict[str, datetime.time]) -> _Night:
     states = read_hypnogram_states(path)
     first, stop = main_sleep_period(states)
     period = states[first:stop].copy()
-    # Unscored windows inside the sleep period are rare; count them as wake.
+    # Unscored windows are rare inside the sleep period, so they count as wake.
     period[period == UNSCORED] = W
 
     latency = clock_h = None
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     xls = args.subjects_xls or args.hypnogram_dir.parent / "SC-subjects.xls"
     lights_off = read_lights_off(xls) if xls.exists() else None
     if lights_off is None:
-        logger.warning("no %s: sleep-onset latency and lights-off times are not fitted", xls)
+        logger.warning("%s not found: sleep-onset latency and lights-off times are not fitted", xls)
     sys.stdout.write(format_stage_model(fit_stage_model(paths, lights_off=lights_off)))
 
 

@@ -1,9 +1,9 @@
 """A synthetic cohort in the Sleep-EDF cassette layout, for the demo and the tests.
 
-Each recording is a pair of files named as in Sleep-EDF Expanded: ``SC4ssNE0-PSG.edf``
-(subject ``ss``, night ``N``) with the seven cassette signals at their real names, rates,
-units and ranges, and ``SC4ssNEx-Hypnogram.edf``, an EDF+ file of stage annotations with
-the real texts. The night architecture comes from `sleepnas.tools.stage_model`, the
+Each recording is a pair of files named as in Sleep-EDF Expanded. ``SC4ssNE0-PSG.edf``
+(subject ``ss``, night ``N``) contains the seven cassette signals at their real names,
+rates, units and ranges. ``SC4ssNEx-Hypnogram.edf`` is an EDF+ file of stage annotations
+with the real texts. The night architecture comes from `sleepnas.tools.stage_model`, the
 signals from `sleepnas.tools.synth_signals`. The EDF headers say the data are synthetic.
 """
 
@@ -25,16 +25,16 @@ from .synth_signals import EEG_SFREQ, SLOW_SFREQ, SubjectTraits, synthesize_sign
 
 logger = logging.getLogger(__name__)
 
-#: Longest recording (hours); cassette recordings span about 20 h.
+#: Maximum recording length (hours). Cassette recordings span about 20 h.
 MAX_HOURS = 24.0
-#: Shortest recording (hours) that still holds lights-off wake, some sleep and morning wake.
+#: Minimum recording length (hours) that still contains lights-off wake, sleep and morning wake.
 MIN_HOURS = 0.25
 #: Sleep-EDF numbers subjects with two digits and nights with one.
 MAX_SUBJECTS = 100
 MAX_NIGHTS = 9
 
-#: First recording date; night N of subject ss is recorded ss * 7 + N - 1 days later.
-#: A fixed date keeps the files byte-identical for a seed.
+#: First recording date. Night N of subject ss is recorded ss * 7 + N - 1 days later, and
+#: the fixed date keeps the files byte-identical for a seed.
 FIRST_DATE = datetime.date(1990, 1, 1)
 #: Header fields that mark the files as synthetic: no real person or recording is behind them.
 PATIENT_NAME = "Synthetic_subject"
@@ -109,8 +109,8 @@ def synthesize_recording(out_dir: str | Path, subject: int, night: int, *, seed:
     hours : float, optional
         Length of the recording in hours, from 0.25 to 24. Default: a realistic night
         of about 9-10 h (wake before lights-off, sleep-onset latency, a sleep period of
-        4.6-11.8 h and wake after). A shorter recording holds the whole night compressed;
-        see `sleepnas.tools.stage_model.sample_night`.
+        4.6-11.8 h and wake after). A shorter recording contains the whole night
+        compressed, as `sleepnas.tools.stage_model.sample_night` describes.
 
     Returns
     -------

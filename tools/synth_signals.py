@@ -45,7 +45,7 @@ _MUSCLE_UV = np.array([4.0, 1.8, 1.0, 0.8, 0.8, 0.5, 35.0])
 #: Fraction of the window covered by high-amplitude delta: (low, high) of a uniform draw.
 _DELTA_FRACTION = np.array([[0.0, 0.0], [0.0, 0.05], [0.0, 0.12], [0.22, 0.45],
                             [0.53, 0.92], [0.0, 0.03], [0.0, 0.0]])
-#: Fraction of the window with alpha; W is split into eyes closed and eyes open below.
+#: Fraction of the window with alpha. Wake windows with the eyes open get less (see `_eeg_channels`).
 _ALPHA_FRACTION = np.array([[0.55, 1.0], [0.0, 0.45], [0.0, 0.05], [0.0, 0.0],
                             [0.0, 0.0], [0.0, 0.15], [0.0, 0.3]])
 #: Events per minute.
@@ -53,7 +53,7 @@ _SPINDLES_PER_MIN = np.array([0.0, 0.3, 5.0, 3.0, 1.5, 0.0, 0.0])
 _K_COMPLEXES_PER_MIN = np.array([0.0, 0.15, 1.5, 1.0, 0.5, 0.0, 0.0])
 _VERTEX_WAVES_PER_MIN = np.array([0.0, 2.5, 0.3, 0.0, 0.0, 0.0, 0.0])
 _SAWTOOTH_PER_MIN = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 0.0])
-_SEM_UV = np.array([8.0, 45.0, 10.0, 3.0, 3.0, 6.0, 40.0])
+_SEM_UV = np.array([8.0, 30.0, 10.0, 3.0, 3.0, 6.0, 40.0])
 #: Chin EMG envelope in uV RMS (the cassette EMG is an envelope sampled at 1 Hz).
 _EMG_UV = np.array([2.7, 1.9, 1.5, 1.3, 1.25, 0.55, 4.6])
 
@@ -152,7 +152,7 @@ def _per_sample(values: np.ndarray, repeat: int, smooth: int) -> np.ndarray:
 
 
 def _gate(rng: np.random.Generator, fractions: np.ndarray) -> np.ndarray:
-    """A 0-1 mask at 100 Hz that is on over ``fractions[i]`` of window ``i``, in slow waxing spells."""
+    """Make a 0-1 mask at 100 Hz that is on over ``fractions[i]`` of window ``i``, in slow waxing spells."""
     n_windows = len(fractions)
     slow = _band_noise(rng, n_windows * 300, 10.0, 0.03, 0.4).reshape(n_windows, 300)
     order = np.sort(slow, axis=1)
@@ -162,11 +162,10 @@ def _gate(rng: np.random.Generator, fractions: np.ndarray) -> np.ndarray:
     return _per_sample(mask, EEG_SFREQ // 10, 20)
 
 
-def _events(rng: np.random.Generator, states: np.ndarray, per_min: np.ndarray,
-            multiplier: float = 1.0) -> np.ndarray:
-    """Sample positions (at 100 Hz) of Poisson events whose rate depends on the stage."""
-    counts = rng.poisson(per_min[states] * multiplier * WINDOW_S / 60.0)
-    windows = np.repeat(np.arange(len(states)), counts)
+def _events(rng: np.random.Generator, per_min: np.ndarray) -> np.ndarray:
+    """Sample positions (at 100 Hz) of Poisson events with ``per_min[i]`` events per minute in window ``i``."""
+    counts = rng.poisson(np.asarray(per_min) * WINDOW_S / 60.0)
+    windows = np.repeat(np.arange(len(counts)), counts)
     return windows * _PER_WINDOW + rng.integers(0, _PER_WINDOW, size=len(windows))
 
 
@@ -230,8 +229,60 @@ def _blinks(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.uniform(80.0, 200.0, size=(n, 1)) * np.exp(-0.5 * ((t - 0.2) / 0.06) ** 2)
 
 
+@dataclass(frozen=True)
+class _Blend:
+    """The physiology of each window: its scored stage blended with a neighbouring stage.
+
+    Scorers label a window by its dominant pattern, and features change gradually at
+    stage transitions, so a window near a bout edge looks partly like the next stage.
+    S1 windows blend most (with W, S2 or REM), which keeps S1 as ambiguous as in real
+    recordings.
+    """
+
+    states: np.ndarray
+    other: np.ndarray
+    weight: np.ndarray
+
+    def per_window(self, table: np.ndarray) -> np.ndarray:
+        """Blend a per-stage table into one value per window."""
+        return (1.0 - self.weight) * table[self.states] + self.weight * table[self.other]
+
+    def draw(self, rng: np.random.Generator, ranges: np.ndarray) -> np.ndarray:
+        """Blend uniform draws from per-stage ``(low, high)`` ranges."""
+        own = ranges[self.states, 0] + np.ptp(ranges, axis=1)[self.states] * rng.random(len(self.states))
+        other = ranges[self.other, 0] + np.ptp(ranges, axis=1)[self.other] * rng.random(len(self.states))
+        return (1.0 - self.weight) * own + self.weight * other
+
+
+#: Largest extra blend weight a window of each stage draws, on top of the weight near a bout edge.
+_EXTRA_BLEND = np.array([0.2, 0.6, 0.2, 0.1, 0.1, 0.2, 0.0])
+
+
+def _blend(rng: np.random.Generator, states: np.ndarray) -> _Blend:
+    """Choose, per window, the neighbouring stage its physiology leans to, and how far."""
+    from .stage_model import run_lengths
+
+    state, start, length = run_lengths(states)
+    bout = np.repeat(np.arange(len(state)), length)
+    position = np.arange(len(states)) - start[bout]
+    to_start, to_end = position, length[bout] - 1 - position
+    previous = np.concatenate([[state[0]], state[:-1]])[bout]
+    following = np.concatenate([state[1:], [state[-1]]])[bout]
+    other = np.where(to_start <= to_end, previous, following)
+
+    # Inside a long S1 bout the physiology leans to W, S2 or REM at random.
+    lone_s1 = (states == S1) & (other == S1)
+    other[lone_s1] = rng.choice(np.array([W, S2, REM]), size=int(lone_s1.sum()), p=[0.4, 0.3, 0.3])
+    other[states == MT] = states[states == MT]
+
+    edge = 0.35 * np.exp(-np.minimum(to_start, to_end) / 1.5)
+    weight = np.clip(edge + _EXTRA_BLEND[states] * rng.random(len(states)), 0.0, 0.8)
+    weight[other == states] = 0.0
+    return _Blend(states=states, other=other, weight=weight)
+
+
 def _eyes_open(rng: np.random.Generator, states: np.ndarray, lights_off: int) -> np.ndarray:
-    """Whether the eyes are open in each wake window: mostly before lights-off, seldom after.
+    """Draw whether the eyes are open in each wake window: mostly before lights-off, seldom after.
 
     The state persists for a few minutes, as it does in a subject reading or lying in bed.
     """
@@ -247,20 +298,16 @@ def _eyes_open(rng: np.random.Generator, states: np.ndarray, lights_off: int) ->
     return open_ & (states == W)
 
 
-def _uniform_per_window(rng: np.random.Generator, ranges: np.ndarray, states: np.ndarray) -> np.ndarray:
-    low, high = ranges[states, 0], ranges[states, 1]
-    return low + (high - low) * rng.random(len(states))
-
-
-def _eeg_channels(rng: np.random.Generator, states: np.ndarray, eyes_open: np.ndarray,
+def _eeg_channels(rng: np.random.Generator, blend: _Blend, eyes_open: np.ndarray,
                   traits: SubjectTraits) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return the cortical part of Fpz-Cz and Pz-Oz, the delta that reaches the EOG, and the muscle noise."""
-    n = len(states) * _PER_WINDOW
+    n_windows = len(blend.states)
+    n = n_windows * _PER_WINDOW
     sfreq = float(EEG_SFREQ)
-    jitter = rng.lognormal(0.0, 0.15, size=(4, len(states)))
+    jitter = rng.lognormal(0.0, 0.25, size=(4, n_windows))
 
     def level(per_stage: np.ndarray, row: int) -> np.ndarray:
-        return _per_sample(per_stage[states] * jitter[row], _PER_WINDOW, 200)
+        return _per_sample(blend.per_window(per_stage) * jitter[row], _PER_WINDOW, 200)
 
     # 1/f background: a part both derivations share and a part of their own.
     exponent = traits.spectral_exponent
@@ -273,12 +320,11 @@ def _eeg_channels(rng: np.random.Generator, states: np.ndarray, eyes_open: np.nd
     low_delta = level(_LOW_DELTA_UV, 2) * _band_noise(rng, n, sfreq, 0.5, 3.0, 1.0)
 
     # High-amplitude slow waves (under 2 Hz) over the scored fraction of the window.
-    delta_fraction = _uniform_per_window(rng, _DELTA_FRACTION, states)
-    slow_waves = (40.0 * traits.delta_gain * _gate(rng, delta_fraction)
+    slow_waves = (50.0 * traits.delta_gain * _gate(rng, blend.draw(rng, _DELTA_FRACTION))
                   * _band_noise(rng, n, sfreq, 0.6, 1.8))
 
-    # Alpha: eyes-closed wake, fading in S1, brief in REM; none with the eyes open.
-    alpha_fraction = _uniform_per_window(rng, _ALPHA_FRACTION, states)
+    # Alpha comes with eyes-closed wake, fades in S1 and is brief in REM. Open eyes block it.
+    alpha_fraction = blend.draw(rng, _ALPHA_FRACTION)
     alpha_fraction[eyes_open] = rng.uniform(0.0, 0.12, size=int(eyes_open.sum()))
     alpha = (traits.alpha_uv * _gate(rng, alpha_fraction)
              * _band_noise(rng, n, sfreq, traits.alpha_hz - 0.7, traits.alpha_hz + 0.7))
@@ -288,12 +334,13 @@ def _eeg_channels(rng: np.random.Generator, states: np.ndarray, eyes_open: np.nd
     pz += 0.8 * theta + 0.6 * low_delta + 0.55 * slow_waves + 1.3 * alpha + 0.5 * muscle
 
     # Graphoelements, on both derivations with the weights of their scalp maxima.
-    for positions, waves, pz_weight in (
-        (_events(rng, states, _SPINDLES_PER_MIN, traits.spindle_rate), None, 0.7),
-        (_events(rng, states, _K_COMPLEXES_PER_MIN), _k_complexes, 0.5),
-        (_events(rng, states, _VERTEX_WAVES_PER_MIN), _vertex_waves, 0.4),
-        (_events(rng, states, _SAWTOOTH_PER_MIN), _sawtooth_bursts, 0.5),
+    for per_min, waves, pz_weight in (
+        (_SPINDLES_PER_MIN * traits.spindle_rate, None, 0.7),
+        (_K_COMPLEXES_PER_MIN, _k_complexes, 0.5),
+        (_VERTEX_WAVES_PER_MIN, _vertex_waves, 0.4),
+        (_SAWTOOTH_PER_MIN, _sawtooth_bursts, 0.5),
     ):
+        positions = _events(rng, blend.per_window(per_min))
         if waves is None:
             table = _spindles(rng, len(positions), traits.spindle_hz)
         else:
@@ -305,30 +352,32 @@ def _eeg_channels(rng: np.random.Generator, states: np.ndarray, eyes_open: np.nd
     return gain * fpz, gain * traits.pz_gain * pz, gain * (low_delta + slow_waves), muscle
 
 
-def _eye_channels(rng: np.random.Generator, states: np.ndarray, eyes_open: np.ndarray,
+def _eye_channels(rng: np.random.Generator, blend: _Blend, eyes_open: np.ndarray,
                   traits: SubjectTraits) -> tuple[np.ndarray, np.ndarray]:
     """Return horizontal eye movements (the EOG derivation) and blinks (which reach Fpz)."""
+    states = blend.states
     n = len(states) * _PER_WINDOW
-    horizontal = (_per_sample(_SEM_UV[states] * rng.lognormal(0.0, 0.3, len(states)), _PER_WINDOW, 300)
-                  * _band_noise(rng, n, float(EEG_SFREQ), 0.25, 0.7))
+    sem_uv = blend.per_window(_SEM_UV) * rng.lognormal(0.0, 0.4, len(states))
+    horizontal = _per_sample(sem_uv, _PER_WINDOW, 300) * _band_noise(rng, n, float(EEG_SFREQ), 0.25, 0.7)
 
-    # Saccades and blinks with open eyes; fewer blinks with closed eyes and in drowsiness.
+    # Saccades and blinks come with open eyes. Closed eyes and drowsiness bring fewer blinks.
     saccade_rate = np.where(eyes_open, 20.0, 0.0)
     blink_rate = np.where(eyes_open, 14.0, np.where(states == W, 3.0, np.where(states == S1, 1.0, 0.0)))
-    positions = _events(rng, np.arange(len(states)), saccade_rate)
+    positions = _events(rng, saccade_rate)
     _add(horizontal, positions, _eye_movements(rng, len(positions), (30.0, 120.0), (0.03, 0.05)))
 
-    # Rapid eye movements come in bursts, in the phasic half of the REM windows.
-    phasic = (states == REM) & (rng.random(len(states)) < 0.55)
-    bursts = _events(rng, np.arange(len(states)), np.where(phasic, 6.0, 0.0))
+    # Rapid eye movements come in bursts, in the phasic windows of REM (about half of them).
+    rem_share = blend.per_window((np.arange(7) == REM).astype(np.float64))
+    phasic = rng.random(len(states)) < 0.55 * rem_share
+    bursts = _events(rng, np.where(phasic, 6.0, 0.0))
     per_burst = rng.integers(2, 7, size=len(bursts))
-    positions = np.repeat(bursts, per_burst) + (rng.uniform(0.3, 1.0, size=per_burst.sum())
-                                                * EEG_SFREQ * np.concatenate(
-        [np.arange(k) for k in per_burst])).astype(np.int64)
+    gaps = rng.uniform(0.3, 1.0, size=int(per_burst.sum())) * EEG_SFREQ
+    steps = np.concatenate([np.arange(k) for k in per_burst]) if len(per_burst) else np.zeros(0)
+    positions = np.repeat(bursts, per_burst) + (gaps * steps).astype(np.int64)
     _add(horizontal, positions, _eye_movements(rng, len(positions), (80.0, 250.0), (0.05, 0.1)))
 
-    blinks = np.zeros(n)
-    positions = _events(rng, np.arange(len(states)), blink_rate)
+    blinks = np.zeros(n, dtype=np.float32)
+    positions = _events(rng, blink_rate)
     _add(blinks, positions, _blinks(rng, len(positions)))
     return traits.eog_gain * horizontal, traits.eog_gain * blinks
 
@@ -339,39 +388,41 @@ def _movement_artifacts(rng: np.random.Generator, states: np.ndarray) -> np.ndar
     weight = np.where(states == MT, 1.0, np.where(states == W, 0.05 * (rng.random(len(states)) < 0.1), 0.0))
     envelope = _per_sample(weight, _PER_WINDOW, 100)
     if not envelope.any():
-        return np.zeros(n)
+        return np.zeros(n, dtype=np.float32)
     swings = 150.0 * _band_noise(rng, n, float(EEG_SFREQ), 0.3, 3.0)
     bursts = 80.0 * _band_noise(rng, n, float(EEG_SFREQ), 3.0, 45.0)
     return envelope * (swings + bursts)
 
 
-def _emg_envelope(rng: np.random.Generator, states: np.ndarray, traits: SubjectTraits) -> np.ndarray:
+def _emg_envelope(rng: np.random.Generator, blend: _Blend, traits: SubjectTraits) -> np.ndarray:
     """Chin EMG as the cassette recorder gives it: an RMS envelope in uV sampled at 1 Hz."""
     per_window = int(WINDOW_S * SLOW_SFREQ)
-    level = _EMG_UV[states] * rng.lognormal(0.0, 0.15, len(states))
+    level = blend.per_window(_EMG_UV) * rng.lognormal(0.0, 0.2, len(blend.states))
+    # Tone changes over a minute or so, so S1 next to REM is nearly as slack as REM.
+    level = np.convolve(np.pad(level, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
     envelope = _per_sample(level, per_window, 5) * traits.emg_gain
-    envelope *= rng.lognormal(0.0, 0.08, len(envelope))
+    envelope *= rng.lognormal(0.0, 0.08, len(envelope)).astype(np.float32)
 
     # Twitches in REM and body movements in wake: a few seconds of higher tone.
     for stage, per_min, size in ((REM, 0.8, 1.5), (W, 0.6, 2.5)):
-        positions = _events(rng, states, np.where(np.arange(7) == stage, per_min, 0.0)) // EEG_SFREQ
+        positions = _events(rng, np.where(blend.states == stage, per_min, 0.0)) // EEG_SFREQ
         if len(positions):
             twitch = np.outer(rng.uniform(0.3, 1.0, len(positions)) * size, [0.5, 1.0, 0.6, 0.2])
             _add(envelope, positions, twitch * traits.emg_gain)
     return envelope
 
 
-def _respiration(rng: np.random.Generator, states: np.ndarray, traits: SubjectTraits) -> np.ndarray:
+def _respiration(rng: np.random.Generator, blend: _Blend, traits: SubjectTraits) -> np.ndarray:
     """Oro-nasal thermistor airflow at 1 Hz: regular in deep sleep, irregular in wake and REM."""
     per_window = int(WINDOW_S * SLOW_SFREQ)
-    rate_factor = np.array([1.08, 1.0, 0.95, 0.92, 0.92, 1.05, 1.15])[states]
-    variability = np.array([0.15, 0.1, 0.06, 0.03, 0.03, 0.15, 0.25])[states]
-    amplitude = np.array([1.0, 0.85, 0.8, 0.8, 0.8, 0.7, 1.4])[states]
-    n = len(states) * per_window
+    rate_factor = blend.per_window(np.array([1.08, 1.0, 0.95, 0.92, 0.92, 1.05, 1.15]))
+    variability = blend.per_window(np.array([0.15, 0.1, 0.06, 0.03, 0.03, 0.15, 0.25]))
+    amplitude = blend.per_window(np.array([1.0, 0.85, 0.8, 0.8, 0.8, 0.7, 1.4]))
+    n = len(blend.states) * per_window
 
     rate_hz = traits.breaths_per_min / 60.0 * _per_sample(rate_factor, per_window, 20)
     rate_hz *= 1.0 + _per_sample(variability, per_window, 20) * _band_noise(rng, n, 1.0, 0.01, 0.1)
-    phase = 2 * np.pi * np.cumsum(np.clip(rate_hz, 0.08, 0.45)) / SLOW_SFREQ
+    phase = 2 * np.pi * np.cumsum(np.clip(rate_hz, 0.08, 0.45), dtype=np.float64) / SLOW_SFREQ
     depth = _per_sample(amplitude, per_window, 20) * (
         1.0 + _per_sample(variability, per_window, 20) * 2 * _band_noise(rng, n, 1.0, 0.005, 0.05))
     flow = np.sin(phase) + 0.25 * np.sin(2 * phase + 0.5)
@@ -411,15 +462,16 @@ def synthesize_signals(rng: np.random.Generator, states: np.ndarray, clock_h: np
     Returns
     -------
     dict
-        Signal name to float64 array: the EEG and EOG at 100 Hz in uV, the others at
+        Signal name to float array: the EEG and EOG at 100 Hz in uV, the others at
         1 Hz (``Resp oro-nasal`` in the recorder's units, ``EMG submental`` in uV RMS,
         ``Temp rectal`` in degC, ``Event marker``). Values are not yet clipped to the
         channel's physical range.
     """
     states = np.asarray(states, dtype=np.int64)
+    blend = _blend(rng, states)
     eyes_open = _eyes_open(rng, states, lights_off)
-    fpz, pz, frontal_delta, muscle = _eeg_channels(rng, states, eyes_open, traits)
-    horizontal, blinks = _eye_channels(rng, states, eyes_open, traits)
+    fpz, pz, frontal_delta, muscle = _eeg_channels(rng, blend, eyes_open, traits)
+    horizontal, blinks = _eye_channels(rng, blend, eyes_open, traits)
     artifacts = _movement_artifacts(rng, states)
     n = len(fpz)
 
@@ -436,8 +488,8 @@ def synthesize_signals(rng: np.random.Generator, states: np.ndarray, clock_h: np
         "EEG Fpz-Cz": fpz,
         "EEG Pz-Oz": pz,
         "EOG horizontal": eog,
-        "Resp oro-nasal": _respiration(rng, states, traits),
-        "EMG submental": _emg_envelope(rng, states, traits),
+        "Resp oro-nasal": _respiration(rng, blend, traits),
+        "EMG submental": _emg_envelope(rng, blend, traits),
         "Temp rectal": _temperature(rng, clock_h, asleep, traits),
         "Event marker": marker,
     }

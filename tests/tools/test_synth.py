@@ -87,7 +87,9 @@ def test_psg_opens_in_mne_with_cassette_layout(cohort):
         assert signal.sampling_frequency == rate, signal.label
         assert signal.physical_dimension == dimension, signal.label
         assert signal.physical_range == (low, high), signal.label
-        assert low <= signal.data.min() and signal.data.max() <= high, signal.label
+        # Digital-to-physical conversion rounds in the last bits.
+        assert signal.data.min() >= low - 1e-9 * (high - low), signal.label
+        assert signal.data.max() <= high + 1e-9 * (high - low), signal.label
 
 
 def test_windows_are_7_by_3000(cohort):
@@ -135,7 +137,8 @@ def test_same_seed_same_bytes(tmp_path):
 
 def test_nights_of_subject_differ(cohort):
     (psg_1, _), (psg_2, _) = _pairs(cohort)[:2]
-    assert psg_1.name.startswith("SC4001") and psg_2.name.startswith("SC4002")
+    assert psg_1.name.startswith("SC4001")
+    assert psg_2.name.startswith("SC4002")
     assert psg_1.read_bytes() != psg_2.read_bytes()
 
 
@@ -147,7 +150,8 @@ def test_short_night_keeps_all_stages():
         assert set(np.unique(short.states)) == set(np.unique(full.states)), seed
         assert short.states[short.sleep_onset] in sm.SLEEP_STATES
         assert short.states[short.sleep_offset - 1] in sm.SLEEP_STATES
-        assert short.states[0] == sm.W and short.states[-1] == sm.W
+        assert short.states[0] == sm.W
+        assert short.states[-1] == sm.W
         # The clock still spans the night, so slow rhythms follow it.
         assert short.clock_h[-1] - short.clock_h[0] == pytest.approx(
             full.clock_h[-1] - full.clock_h[0], abs=0.6)
@@ -263,7 +267,7 @@ def test_generated_hypnograms_match_real():
     # one, which adds wake between them and the night) and slightly more late REM sleep.
     for s, stage in enumerate(sm.STATES):
         assert abs(proportions[s] - real_proportions[s]) < 0.05, stage
-    # Mean bout lengths within 15 % for every stage but movement time (one window, always).
+    # Mean bout lengths within 15 % for every stage but movement time (almost always one window).
     for s, stage in enumerate(sm.STATES[:-1]):
         assert bouts[s] == pytest.approx(real_bouts[s], rel=0.15), stage
 
