@@ -23,7 +23,7 @@ from sleepnas.runtime.spec import WindowSpec
 logger = logging.getLogger(__name__)
 
 #: Training windows the normalization scale is fitted on, at most (a seeded sample).
-FIT_SCALE_WINDOWS = 4096
+FIT_SCALE_WINDOWS = 2048
 
 
 @dataclass

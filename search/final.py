@@ -416,6 +416,8 @@ def train_from_path(name_or_genotype: Any, network_config: Any, data_path: str |
     if folds is None:
         split = split_subjects(subject_ids, val_fraction=val_fraction, test_fraction=test_fraction,
                                seed=config.seed)
+        logger.info("split by subject: %d training, %d validation, %d test subjects",
+                    len(split.train), len(split.val), len(split.test))
         return train_run(name_or_genotype, network_config, make_fold_data(split), config, run_dir,
                          resume=resume, options=options, measure_latency=measure_latency,
                          log_every=log_every)
@@ -425,3 +427,42 @@ def train_from_path(name_or_genotype: Any, network_config: Any, data_path: str |
     splits = kfold_subjects(subject_ids, folds, seed=config.seed, val_fraction=val_fraction)
     return train_folds(name_or_genotype, network_config, make_fold_data, splits, config, run_dir,
                        resume=resume, options=options, measure_latency=measure_latency)
+
+
+def quick_train(genotype: Any, network_config: Any, data_path: str | os.PathLike, spec: Any, *,
+                epochs: int, seed: int = 0, batch_size: int = 32, device: str = "auto",
+                cache_dir: str | os.PathLike | None = None,
+                val_fraction: float = 0.15) -> dict[str, Any]:
+    """Train a genotype (or reference model) briefly without a run directory and return validation metrics.
+
+    The quick evaluation of the original tool: ``epochs`` epochs of the same training
+    as `train_run` (no early stopping), on a seeded subject split with no test part.
+
+    Returns
+    -------
+    dict
+        ``epochs``, ``train_seconds``, ``best_val_accuracy``, ``final_val_accuracy``,
+        ``best_val_macro_f1``, ``final_val_kappa`` and ``history``.
+    """
+    from sleepnas.runtime.splits import split_subjects
+    from sleepnas.runtime.store import load_cohort
+
+    from .training import data_from_cohort
+
+    cohort = load_cohort(data_path, spec, cache_dir=cache_dir)
+    split = split_subjects(list(cohort.subject_ids), val_fraction=val_fraction, test_fraction=0.0,
+                           seed=seed)
+    data = data_from_cohort(cohort, split, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=None, seed=seed, device=device)
+    torch.manual_seed(seed)
+    model = create_model(genotype, network_config)
+    result = train_model(model, data, config)
+    return {
+        "epochs": result.epochs_run,
+        "train_seconds": result.train_seconds,
+        "best_val_accuracy": result.best_val_accuracy,
+        "final_val_accuracy": result.final_val_accuracy,
+        "best_val_macro_f1": result.best_val_macro_f1,
+        "final_val_kappa": result.history[-1]["val_kappa"] if result.history else None,
+        "history": result.history,
+    }

@@ -11,7 +11,7 @@ import torch
 from sleepnas.runtime.errors import SleepnasError
 from sleepnas.runtime.spec import WindowSpec
 from sleepnas.search import rundir
-from sleepnas.search.final import format_results, summarize_folds, train_folds, train_run
+from sleepnas.search.final import format_results, quick_train, summarize_folds, train_folds, train_run
 from sleepnas.search.genotype import random_genotype
 from sleepnas.search.models import build_model, create_model
 from sleepnas.search.network import network_config
@@ -151,3 +151,20 @@ def test_train_folds_writes_summary(tmp_path):
     again = train_folds("tinysleepnet", _network(), fold_data, splits, _config(epochs=1), tmp_path,
                         resume=True, measure_latency=False)
     assert again["fold_results"] == results["fold_results"]
+
+
+@pytest.mark.slow
+def test_quick_train_reports_validation(tmp_path):
+    from sleepnas.tools.synth import synthesize_cohort
+
+    synthesize_cohort(tmp_path / "cohort", subjects=3, nights=1, seed=2, hours=1.0)
+    spec = WindowSpec(channels=("EEG Fpz-Cz", "EEG Pz-Oz"))
+    config = network_config("small", in_channels=2, init_channels=4, num_cells=2)
+    genotype = random_genotype(config.ops, 3, seed=1)
+    report = quick_train(genotype, config, tmp_path / "cohort", spec, epochs=1, batch_size=64,
+                         device="cpu", cache_dir=tmp_path / "cache", val_fraction=0.3)
+    assert report["epochs"] == 1
+    assert len(report["history"]) == 1
+    assert 0.0 <= report["best_val_accuracy"] <= 1.0
+    assert report["best_val_accuracy"] == report["final_val_accuracy"]
+    assert not list(tmp_path.glob("runs"))

@@ -116,3 +116,25 @@ def test_unknown_model_lists_choices(tmp_path):
     code, _, err = run_cli(["train", "--model", "deepsleepnet", "--data-path", str(tmp_path)])
     assert code == 2
     assert "tinysleepnet" in err
+
+
+@pytest.mark.slow
+def test_train_genotype_file(cohort, cache, tmp_path):
+    from sleepnas.search.genotype import random_genotype
+    from sleepnas.search.network import network_config
+
+    genotype = random_genotype(network_config("small").ops, 3, seed=0)
+    genotype.save(tmp_path / "genotype.json")
+    run = tmp_path / "run"
+    code, out, err = run_cli(["-q", "train", str(tmp_path / "genotype.json"), "--data-path", str(cohort),
+                              "--save-dir", str(run), "--cache-dir", str(cache), "--epochs", "1",
+                              "--preset", "small", "--init-channels", "4", "--num-cells", "2",
+                              "--batch-size", "64", "--device", "cpu"])
+    assert code == 0, err
+    assert json.loads((run / rundir.GENOTYPE).read_text()) == genotype.to_dict()
+    config = json.loads((run / rundir.CONFIG).read_text())
+    assert config["model"] == "genotype"
+    assert config["network"]["init_channels"] == 4
+    assert "Edge from node" in (run / rundir.ARCHITECTURE).read_text()
+    assert "Edge from node" in out
+    assert "FLOPs:" in out
