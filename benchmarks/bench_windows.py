@@ -2,8 +2,8 @@
 
 Prints, for one night, the wall time and peak resident memory of
 
-- ``mne.io.read_raw_edf(..., preload=True)`` and ``get_data()`` of the 7 signals (the
-  reference: the least any reader of the file must do),
+- ``mne.io.read_raw_edf(..., preload=True)`` and ``get_data()`` of the 7 signals, the
+  reference, because any reader of the file through MNE does this much,
 - ``load_recording_windows`` (read, resample, check, trim and cut windows),
 - ``load_cohort`` with an empty window store (all of the above, then writing the store),
 - ``load_cohort`` again, served from the store (memory-mapped, no EDF read).

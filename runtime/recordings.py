@@ -8,7 +8,7 @@ file is read as a generic recording whose stages come from a sidecar file
 (``<stem>-Hypnogram.edf``, ``<stem>.csv``, ``<stem>.txt``) or from its own EDF+
 annotations.
 
-Windows start at annotation onsets and last ``window_s``; windows that run past the
+Windows start at annotation onsets and last ``window_s``. Windows that run past the
 end of the signal are dropped, so a last annotation that runs past the end is fine.
 """
 
@@ -328,8 +328,8 @@ def read_signals(psg_path: str | os.PathLike, channels: Sequence[str], sfreq: fl
     """Read signals of a PSG file by name, brought to ``sfreq``.
 
     MNE reads EDF signals of different rates at the highest rate among the picked
-    signals, upsampling the others with FFT resampling over the whole recording; the
-    result is then resampled to ``sfreq`` if it differs.
+    signals, and upsamples the others with FFT resampling over the whole recording.
+    The result is then resampled to ``sfreq`` if it differs.
 
     Parameters
     ----------
@@ -412,12 +412,15 @@ def window_labels(stages: Sequence[tuple[float, float, Stage]], spec: WindowSpec
     """Lay windows over a hypnogram, trim wake and return the labelled ones.
 
     Windows start at each annotation's onset and follow each other every
-    ``spec.window_s`` until the annotation ends. Windows outside the signal are
-    dropped; then, with ``trim_wake_min``, only windows from that many minutes before
-    the first sleep window (S1-S4, N1-N3, REM) to that many minutes after the last are
-    kept, as in Supratak et al., "DeepSleepNet", IEEE TNSRE 25(11), 2017. Windows whose
-    stage has no class in the scheme (unscored, and movement time in ``aasm5``) are
-    dropped last, so they do not move the trimming borders.
+    ``spec.window_s`` until the annotation ends. Windows outside the signal are dropped.
+    Then, with ``trim_wake_min``, only the windows from that many minutes before the
+    first sleep window (S1-S4, N1-N3, REM) to that many minutes after the last are kept.
+    Windows whose stage has no class in the scheme (unscored, and movement time in
+    ``aasm5``) are dropped last.
+
+    The usual Sleep-EDF preparation scripts also keep 30 min (60 windows) on each side,
+    but they anchor the borders on any window that is not wake. Here movement time and
+    unscored windows are not sleep, so they do not widen the kept span.
 
     Parameters
     ----------
@@ -521,9 +524,9 @@ def load_recording_windows(rec: RecordingFiles, spec: WindowSpec,
     onsets_s : ndarray of float64, shape (n_windows,)
     """
     labels, onsets_s = recording_labels(rec, spec, trim_wake_min=trim_wake_min)
-    # The whole file is read, as scoring reads it: MNE's FFT upsampling of 1-Hz signals
-    # is global, so reading only the kept span changed 1-Hz white noise by up to 3 % of
-    # its standard deviation in a 9-h test file, and training would see other values.
+    # The whole file is read, as scoring reads it, because MNE's FFT upsampling of 1-Hz
+    # signals is global. Reading only the kept span changed 1-Hz white noise by up to
+    # 3 % of its standard deviation in a 9-h test file, so training would see other values.
     data, sfreq = read_signals(rec.psg, spec.channels, spec.sfreq, window_s=spec.window_s)
 
     # NOTE: onsets that fall between samples are rounded to the nearest sample.

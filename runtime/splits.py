@@ -79,7 +79,7 @@ def split_subjects(subject_ids: Sequence[str], *, val_fraction: float = 0.15,
     """Split subjects at random into train, validation and test sets.
 
     Each non-zero fraction gets at least one subject, rounded from the fraction of the
-    number of subjects; train keeps the rest and must keep at least one.
+    number of subjects. Train keeps the rest and must keep at least one.
 
     Parameters
     ----------

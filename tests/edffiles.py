@@ -3,10 +3,10 @@
 Test modules import the fixtures they use from here (``from tests.edffiles import
 cassette_dir``).
 
-The signals are made so tests can check values after reading: ``EEG Fpz-Cz`` is a
+The signals are made so tests can check values after reading. ``EEG Fpz-Cz`` is a
 10-Hz sine plus a step that equals the window index in uV, so each window's median
-tells which window it is; the 1-Hz ``Temp rectal`` is a slow sine that MNE's
-upsampling must reproduce at 100 Hz.
+identifies the window. The 1-Hz ``Temp rectal`` is a slow sine that MNE's upsampling
+must reproduce at 100 Hz.
 """
 
 from __future__ import annotations

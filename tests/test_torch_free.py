@@ -51,7 +51,7 @@ def test_runtime_module_imports_without_torch(module):
 
 
 def test_all_runtime_modules_without_torch():
-    """Import every module of the runtime package, whoever wrote it."""
+    """Import every module of the runtime package, including ones added later."""
     result = _run("""
         import pkgutil, sleepnas.runtime
         for info in pkgutil.iter_modules(sleepnas.runtime.__path__):

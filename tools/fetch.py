@@ -3,7 +3,7 @@
 ``mne.datasets.sleep_physionet.age.fetch_data`` downloads the files of the
 Sleep-EDF Expanded "sleep-cassette" study (Kemp et al., IEEE-BME 47(9), 2000) from
 PhysioNet into ``<path>/physionet-sleep-data/``, flat, and checks their SHA-1
-digests. Subjects are numbered 0-82 as in that study; subjects 39, 68, 69, 78 and
+digests. Subjects are numbered 0-82 as in that study. Subjects 39, 68, 69, 78 and
 79 do not exist, and night 2 of subject 13 and night 1 of subjects 36 and 52 were
 not recorded.
 """

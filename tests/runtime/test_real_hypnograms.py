@@ -1,10 +1,9 @@
 """The 44 expert hypnograms of Sleep-EDF's cassette study, read and windowed.
 
 Window counts after trimming are checked against a direct reading of the same files
-with ``mne.read_annotations``, windowed by index the way DeepSleepNet's preparation
-script does it (Supratak et al., IEEE TNSRE 25(11), 2017): every annotation gives
-``duration // 30`` windows, and 60 windows (30 min) are kept on each side of the
-first and last sleep window.
+with ``mne.read_annotations``, windowed by index as the usual Sleep-EDF preparation
+scripts do it. Every annotation gives ``duration // 30`` windows, and 60 windows
+(30 min) are kept on each side of the first and last sleep window.
 """
 
 from __future__ import annotations
