@@ -7,20 +7,22 @@ Each stage gets the features a scorer looks for (Rechtschaffen & Kales, 1968):
 - S1: theta, fading alpha (under half the window), slow eye movements, vertex waves,
   chin EMG between wake and S2. It is made to overlap with W and REM, as in real data.
 - S2: spindles (11-16 Hz bursts of 0.5-2 s) and K-complexes on a theta/delta background.
-- S3 and S4: high-amplitude delta (at least 75 uV peak to peak, under 2 Hz) over 20-50 %
-  and over 50 % of the window.
+- S3 and S4: high-amplitude delta (under 2 Hz, sized for the 75 uV peak-to-peak criterion)
+  over 20-50 % and over 50 % of the window.
 - REM: low-voltage mixed activity with theta and sawtooth waves, rapid eye movements in
   bursts (phasic windows only) and the lowest chin EMG, with twitches.
 - MT: large movement artifacts on every channel.
 
-Under them lies a 1/f background. Breathing is slow and regular in deep sleep and
-irregular in wake and REM; rectal temperature follows a circadian curve with its minimum
-in the early morning. Amplitudes and rhythms vary between subjects (`SubjectTraits`),
-so absolute levels alone do not give the stage away.
+Each window's physiology blends its scored stage with a neighbouring one, most near bout
+edges and in S1, because features change gradually and scorers label the dominant
+pattern. Under everything lies a 1/f background. Breathing is slow and regular in deep
+sleep and irregular in wake and REM. Rectal temperature follows a circadian curve with
+its minimum in the early morning. Amplitudes and rhythms vary between subjects
+(`SubjectTraits`), so absolute levels alone do not give the stage away.
 
 Signals are built for the whole night at once with numpy (band-limited noise made in
-the frequency domain, events added as waveform tables), so a 10-h night of 7 channels
-takes about a second.
+the frequency domain, events added as waveform tables). ``benchmarks/bench_synth.py``
+measured about 2 s for the signals of a 9-h night on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -99,8 +101,10 @@ class SubjectTraits:
 
 
 def _fast_fft_length(n: int) -> int:
-    """Smallest 5-smooth number (2**a * 3**b * 5**c) >= n: a night of a prime number of
-    windows would otherwise make the FFT many times slower."""
+    """Return the smallest 5-smooth number (2**a * 3**b * 5**c) >= n.
+
+    A night of a prime number of windows would otherwise make the FFT many times slower.
+    """
     best = 2 * n
     power5 = 1
     while power5 < best:
@@ -215,7 +219,7 @@ def _sawtooth_bursts(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _eye_movements(rng: np.random.Generator, n: int, amplitude: tuple[float, float],
                    rise_s: tuple[float, float]) -> np.ndarray:
-    """Steps of gaze seen through the 0.5 Hz high-pass of the recorder: a fast rise, a slow decay."""
+    """Make eye-movement waveforms: steps of gaze seen through the recorder's 0.5 Hz high-pass."""
     t = _time_axis(1.5)
     rise = rng.uniform(*rise_s, size=(n, 1))
     sign = rng.choice([-1.0, 1.0], size=(n, 1))
@@ -298,7 +302,7 @@ def _eyes_open(rng: np.random.Generator, states: np.ndarray, lights_off: int) ->
     return open_ & (states == W)
 
 
-def _eeg_channels(rng: np.random.Generator, blend: _Blend, eyes_open: np.ndarray,
+def _eeg_channels(rng: np.random.Generator, blend: _Blend, eyes_open: np.ndarray, sleep_h: np.ndarray,
                   traits: SubjectTraits) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return the cortical part of Fpz-Cz and Pz-Oz, the delta that reaches the EOG, and the muscle noise."""
     n_windows = len(blend.states)
@@ -319,8 +323,10 @@ def _eeg_channels(rng: np.random.Generator, blend: _Blend, eyes_open: np.ndarray
     theta = level(_THETA_UV, 1) * _band_noise(rng, n, sfreq, 4.0, 7.5)
     low_delta = level(_LOW_DELTA_UV, 2) * _band_noise(rng, n, sfreq, 0.5, 3.0, 1.0)
 
-    # High-amplitude slow waves (under 2 Hz) over the scored fraction of the window.
-    slow_waves = (50.0 * traits.delta_gain * _gate(rng, blend.draw(rng, _DELTA_FRACTION))
+    # High-amplitude slow waves (under 2 Hz) over the scored fraction of the window. Their
+    # amplitude declines over the night as sleep pressure dissipates.
+    decline = _per_sample(np.clip(1.15 - 0.04 * sleep_h, 0.8, 1.15), _PER_WINDOW, 200)
+    slow_waves = (50.0 * traits.delta_gain * decline * _gate(rng, blend.draw(rng, _DELTA_FRACTION))
                   * _band_noise(rng, n, sfreq, 0.6, 1.8))
 
     # Alpha comes with eyes-closed wake, fades in S1 and is brief in REM. Open eyes block it.
@@ -470,7 +476,10 @@ def synthesize_signals(rng: np.random.Generator, states: np.ndarray, clock_h: np
     states = np.asarray(states, dtype=np.int64)
     blend = _blend(rng, states)
     eyes_open = _eyes_open(rng, states, lights_off)
-    fpz, pz, frontal_delta, muscle = _eeg_channels(rng, blend, eyes_open, traits)
+    asleep = np.isin(states, (S1, S2, S3, S4, REM))
+    onset_h = clock_h[np.argmax(asleep)] if asleep.any() else clock_h[0]
+    sleep_h = np.maximum(np.asarray(clock_h) - onset_h, 0.0)
+    fpz, pz, frontal_delta, muscle = _eeg_channels(rng, blend, eyes_open, sleep_h, traits)
     horizontal, blinks = _eye_channels(rng, blend, eyes_open, traits)
     artifacts = _movement_artifacts(rng, states)
     n = len(fpz)
@@ -483,7 +492,6 @@ def synthesize_signals(rng: np.random.Generator, states: np.ndarray, clock_h: np
     marker = np.zeros(len(states) * int(WINDOW_S * SLOW_SFREQ))
     press = lights_off * int(WINDOW_S * SLOW_SFREQ)
     marker[press:press + 2] = 1000.0
-    asleep = np.isin(states, (S1, S2, S3, S4, REM))
     return {
         "EEG Fpz-Cz": fpz,
         "EEG Pz-Oz": pz,
