@@ -300,9 +300,10 @@ def load_cohort(data_path: str | os.PathLike, spec: WindowSpec, *,
     store = default_cache_dir(cache_dir) / "windows"
     memo_path = store / "digests.json"
     memo = _load_memo(memo_path)
+    memo_before = json.dumps(memo, sort_keys=True)
     key = store_key(recordings, spec, trim_wake_min, memo)
-    store.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(memo_path, memo)
+    if json.dumps(memo, sort_keys=True) != memo_before or not memo_path.exists():
+        atomic_write_json(memo_path, memo)
 
     entry = store / key
     if entry.exists():

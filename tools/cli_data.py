@@ -76,12 +76,17 @@ def info(data_dir, scheme, num_classes, channels, trim_wake_min, no_trim, on_err
     click.echo(_format_summary(summary, data_dir, trim))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _format_summary(summary: dict, data_dir: Path, trim_wake_min: float | None) -> str:
     stages = list(summary["windows"])
     trim_text = "all windows" if trim_wake_min is None else \
         f"{trim_wake_min:g} min of wake kept around sleep"
-    lines = [f"{summary['recordings']} recordings of {summary['subjects']} subjects in "
-             f"{data_dir} (scheme {summary['scheme']}, {trim_text})"]
+    lines = [f"{_count(summary['recordings'], 'recording')} of "
+             f"{_count(summary['subjects'], 'subject')} in {data_dir} "
+             f"(scheme {summary['scheme']}, {trim_text})"]
     header = f"{'recording':<12}{'subject':<10}{'night':>5}" + "".join(f"{s:>7}" for s in stages)
     lines.append(header + f"{'total':>8}")
     for item in summary["per_recording"]:

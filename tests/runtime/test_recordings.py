@@ -102,6 +102,22 @@ def test_generic_sidecars_and_embedded_annotations(tmp_path):
     assert recordings["night_b"].subject == "night_b"
 
 
+def test_generic_recordings_give_windows(tmp_path):
+    write_psg(tmp_path / "night_b.edf", 1020)
+    (tmp_path / "night_b.csv").write_text("onset,duration,description\n0,600,W\n600,420,N2\n")
+    write_psg(tmp_path / "night_c.edf", 1020, annotations=SHORT_NIGHT)
+    recordings = {r.name: r for r in find_recordings(tmp_path)}
+
+    _, labels, onsets = load_recording_windows(recordings["night_b"], WindowSpec(),
+                                               trim_wake_min=1.0)
+    assert labels.tolist() == [0, 0] + [2] * 14
+    assert onsets[0] == 540.0
+    _, labels, onsets = load_recording_windows(recordings["night_c"], WindowSpec(),
+                                               trim_wake_min=2.0)
+    assert labels.tolist() == SHORT_NIGHT_LABELS
+    assert onsets.tolist() == SHORT_NIGHT_ONSETS
+
+
 def test_single_psg_path(cassette_dir):
     psg = cassette_dir / "sleep-cassette" / "SC4002E0-PSG.edf"
     (recording,) = find_recordings(psg)
