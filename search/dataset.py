@@ -1,8 +1,8 @@
 """Windows of a subject-wise split, read in mini-batches and normalized, and model evaluation.
 
-Windows stay raw on disk (a memmap is fine) and are read a mini-batch at a time, then
-normalized by the `WindowSpec` fitted on the training subjects only, so a model gets
-the same input in training as on the device.
+Windows stay raw on disk (a memmap is fine) and are read a mini-batch at a time. Each
+mini-batch is normalized by the `WindowSpec` fitted on the training subjects only, so a
+model gets the same input in training as on the device.
 """
 
 from __future__ import annotations

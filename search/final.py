@@ -122,6 +122,14 @@ def build_results(result: TrainResult, model: nn.Module, data: TrainData, *, see
         "seed": seed,
         "history": result.history,
     }
+    notes = []
+    if results["flops"] is None:
+        notes.append("flops is null: the FLOP counter failed or is missing (see log.txt)")
+    if results["latency_ms"] is None:
+        notes.append("latency_ms is null: " + ("not measured on request" if not measure_latency else
+                                                "the ONNX export or its timing failed (see log.txt)"))
+    if notes:
+        results["notes"] = notes
     return results
 
 

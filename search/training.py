@@ -323,6 +323,9 @@ def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig, data: Trai
     if checkpoint["split"] != data.split:
         raise SleepnasError(f"cannot resume {path.parent}: its run used another subject split; "
                             f"resume with the same data, seed and folds")
+    if checkpoint.get("window_spec") != data.spec.to_json():
+        raise SleepnasError(f"cannot resume {path.parent}: its run used another window spec or "
+                            f"normalization, so the recordings or channels changed; resume with the same data")
 
 
 def _restore(checkpoint: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any) -> _State:

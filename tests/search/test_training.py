@@ -238,3 +238,11 @@ def test_checkpoint_of_other_kind_rejected(tmp_path):
     rundir.save_checkpoint(tmp_path, {"kind": "search", "alphas": torch.zeros(2)})
     with pytest.raises(SleepnasError, match="not a sleepnas training checkpoint"):
         train_model(_net(), _data(), _config(), run_dir=tmp_path, resume=True)
+
+
+def test_resume_rejects_changed_data(tmp_path):
+    data = _data()
+    train_model(_net(), data, _config(epochs=1), run_dir=tmp_path, progress_bar=False)
+    other = _data(seed=5)
+    with pytest.raises(SleepnasError, match="another window spec or normalization"):
+        train_model(_net(), other, _config(epochs=1), run_dir=tmp_path, resume=True)
