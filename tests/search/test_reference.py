@@ -45,6 +45,7 @@ def test_registry_unknown_name_lists_known():
         create_reference_model("deepsleepnet", 7, 3000, 5)
 
 
+@pytest.mark.slow
 def test_tinysleepnet_onnx_parity(tmp_path):
     torch.manual_seed(0)
     model = create_reference_model("tinysleepnet", 7, 3000, 5).eval()
