@@ -9,7 +9,7 @@ Prints median wall times, over ``--repeats`` runs after 2 warm-up runs, of
 - TinySleepNet at batch 1: torch eager beside the exported ONNX model in onnxruntime,
   both on ``--threads`` threads.
 
-The window file lives in a temporary folder, so the page cache likely holds it and the
+The window file lives in a temporary folder, so the page cache likely contains it and the
 memmap figure is a lower bound for a cold disk.
 
 Run from the repository root::
