@@ -1,15 +1,18 @@
 """Night architecture: a semi-Markov model of the stage sequence of one night.
 
-A night is lights-off wake (the sleep-onset latency), a sleep period made of stage
-bouts, and wake before and after. Inside the sleep period the stage of the next bout
-depends on the current stage and on the hour since sleep onset (deep sleep comes early
-in the night, REM sleep late), and the length of a bout is drawn from the empirical
-quantiles of bout lengths of that stage in that part of the night.
+A night is wake before lights-off, the sleep-onset latency, a sleep period made of
+stage bouts, and morning wake. Inside the sleep period the stage of the next bout
+depends on the current stage, on the hours since sleep onset (deep sleep comes early in
+the night, REM sleep late) and on the minutes since the last REM window (the NREM-REM
+cycle). The length of a bout is drawn from the empirical quantiles of bout lengths of
+that stage in that part of the night and cycle.
 
-The numbers in `sleepnas.tools._stage_model_params` are fitted by `fit_stage_model` on
-the 44 expert hypnograms of the first 44 cassette nights (subjects 0-22) of Sleep-EDF
-Expanded, published on PhysioNet under the Open Data Commons Attribution License v1.0.
-Refit them with::
+The numbers in `sleepnas.tools._stage_model_params` are fitted by
+`sleepnas.tools.stage_model_fit.fit_stage_model` on the 44 expert hypnograms of the
+first 44 cassette nights (subjects 0-22) of Sleep-EDF Expanded, published on PhysioNet
+under the Open Data Commons Attribution License v1.0. The sleep-onset latency and the
+lights-off times come from the lights-off column of the release's ``SC-subjects.xls``.
+Refit them with (reading the XLS file needs the xlrd package)::
 
     python -m sleepnas.tools.stage_model HYPNOGRAM_DIR [--subjects-xls SC-subjects.xls]
 
@@ -26,12 +29,10 @@ Research Resource for Complex Physiologic Signals. Circulation 101(23):e215-e220
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
-import pprint
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,11 +74,6 @@ DURATION_PHASE_EDGES_H = (2.5, 5.0)
 QUANTILE_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 #: Wake longer than this (in windows) splits sleep into separate periods (a nap, the night).
 MAX_WAKE_GAP_WINDOWS = 120
-#: Pseudo-counts that pull a phase's transition row toward the pooled row, so a phase
-#: with few bouts of a state borrows from the others.
-TRANSITION_PSEUDO_COUNTS = 10.0
-#: Fewest bouts from which a part of the night gets bout-length quantiles of its own.
-MIN_BOUTS_FOR_QUANTILES = 15
 
 
 def read_hypnogram_states(path: str | Path) -> np.ndarray:
@@ -143,14 +139,6 @@ def run_lengths(states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return states[starts].astype(np.int64), starts, lengths
 
 
-@dataclass(frozen=True)
-class _Night:
-    name: str
-    period: np.ndarray
-    onset_latency_min: float | None
-    lights_off_clock_h: float | None
-
-
 def _phase(windows: np.ndarray | int, edges: Sequence[float], unit_s: float) -> np.ndarray:
     """Index of the interval between ``edges`` (in units of ``unit_s``) that each count of windows falls in."""
     return np.searchsorted(np.asarray(edges), np.asarray(windows) * WINDOW_S / unit_s, side="right")
@@ -169,163 +157,6 @@ def _cycle_phase(period: np.ndarray) -> np.ndarray:
     phase = _phase(index - last_rem, CYCLE_PHASE_EDGES_MIN, 60.0)
     before_first_rem = np.cumsum(is_rem) == 0
     return np.where(before_first_rem, np.maximum(phase, 1), phase)
-
-
-def _fit_transitions(nights: Sequence[_Night]) -> list:
-    n = len(STATES)
-    counts = np.zeros((len(TRANSITION_PHASE_EDGES_H) + 1, len(CYCLE_PHASE_EDGES_MIN) + 1, n, n))
-    for night in nights:
-        state, start, length = run_lengths(night.period)
-        # A transition happens at the last window of a bout; the clocks are read there.
-        last = start[:-1] + length[:-1] - 1
-        index = (_phase(last, TRANSITION_PHASE_EDGES_H, 3600.0), _cycle_phase(night.period)[last],
-                 state[:-1], state[1:])
-        np.add.at(counts, index, 1.0)
-
-    # Shrink each cycle phase's rows toward the rows pooled over all phases, and each
-    # (night phase, cycle phase) row toward its cycle phase's row. A phase with few bouts
-    # of a state then does not get a row made of one or two observations.
-    pooled = _shrink(counts.sum(axis=(0, 1)), None)
-    per_cycle = _shrink(counts.sum(axis=0), pooled)
-    probabilities = _shrink(counts, per_cycle[None])
-    return np.round(probabilities, 4).tolist()
-
-
-def _shrink(counts: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
-    rows = counts.sum(axis=-1, keepdims=True)
-    if prior is None:
-        return np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    return (counts + TRANSITION_PSEUDO_COUNTS * prior) / (rows + TRANSITION_PSEUDO_COUNTS)
-
-
-def _fit_durations(nights: Sequence[_Night]) -> dict[str, list]:
-    n_parts = len(DURATION_PHASE_EDGES_H) + 1
-    n_cycles = len(CYCLE_PHASE_EDGES_MIN) + 1
-    lengths: dict[tuple[int, int, int], list[int]] = {}
-    for night in nights:
-        state, start, length = run_lengths(night.period)
-        parts = _phase(start, DURATION_PHASE_EDGES_H, 3600.0)
-        cycles = _cycle_phase(night.period)[start]
-        for key in zip(state.tolist(), parts.tolist(), cycles.tolist(), length.tolist()):
-            lengths.setdefault(key[:3], []).append(key[3])
-
-    # A (part, cycle) cell with few bouts takes the bouts of its part of the night, and a
-    # part with few bouts takes all bouts of the state.
-    quantiles: dict[str, list] = {}
-    for s, stage in enumerate(STATES):
-        every = [d for (s_, _, _), ds in lengths.items() if s_ == s for d in ds]
-        table = []
-        for part in range(n_parts):
-            in_part = [d for c in range(n_cycles) for d in lengths.get((s, part, c), [])]
-            if len(in_part) < MIN_BOUTS_FOR_QUANTILES:
-                in_part = every
-            row = []
-            for c in range(n_cycles):
-                sample = lengths.get((s, part, c), [])
-                if len(sample) < MIN_BOUTS_FOR_QUANTILES:
-                    sample = in_part
-                values = np.quantile(sample, QUANTILE_LEVELS) if sample else np.ones(len(QUANTILE_LEVELS))
-                row.append(np.round(values, 2).tolist())
-            table.append(row)
-        quantiles[stage.value] = table
-    return quantiles
-
-
-def _quantiles(values: Iterable[float], decimals: int) -> list[float] | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return np.round(np.quantile(values, QUANTILE_LEVELS), decimals).tolist()
-
-
-def fit_stage_model(hypnogram_paths: Iterable[str | Path], *,
-                    lights_off: dict[str, datetime.time] | None = None) -> dict:
-    """Fit the night-architecture model on expert hypnograms.
-
-    Parameters
-    ----------
-    hypnogram_paths : iterable of str or Path
-        Sleep-EDF cassette hypnograms (``SC4ssNEx-Hypnogram.edf``).
-    lights_off : dict, optional
-        Lights-off clock time per recording, keyed by the first six characters of the file
-        name (``"SC4001"``). Without it the sleep-onset latency and the lights-off clock
-        times are not fitted (``None`` in the result).
-
-    Returns
-    -------
-    dict
-        Plain numbers (JSON-compatible), the form that `sample_night` takes.
-    """
-    nights = [_read_night(Path(p), lights_off or {}) for p in sorted(hypnogram_paths, key=str)]
-    if not nights:
-        raise SleepnasError("no hypnogram to fit the stage model on: expected SC4ssNEx-Hypnogram.edf files")
-
-    first_states = np.bincount([night.period[0] for night in nights], minlength=len(STATES))
-    letters: dict[str, int] = {}
-    for night in nights:
-        letters[night.name[7]] = letters.get(night.name[7], 0) + 1
-    return {
-        "n_nights": len(nights),
-        "states": [stage.value for stage in STATES],
-        "quantile_levels": list(QUANTILE_LEVELS),
-        "transition_phase_edges_h": list(TRANSITION_PHASE_EDGES_H),
-        "cycle_phase_edges_min": list(CYCLE_PHASE_EDGES_MIN),
-        "duration_phase_edges_h": list(DURATION_PHASE_EDGES_H),
-        "initial": np.round(first_states / first_states.sum(), 4).tolist(),
-        "transitions": _fit_transitions(nights),
-        "bout_windows": _fit_durations(nights),
-        "sleep_period_h": _quantiles((len(n.period) * WINDOW_S / 3600.0 for n in nights), 3),
-        "onset_latency_min": _quantiles((n.onset_latency_min for n in nights), 2),
-        "lights_off_clock_h": _quantiles((n.lights_off_clock_h for n in nights), 3),
-        "scorer_letters": dict(sorted(letters.items())),
-    }
-
-
-def _read_night(path: Path, lights_off: dict[str, datetime.time]) -> _Night:
-    import edfio
-
-    states = read_hypnogram_states(path)
-    first, stop = main_sleep_period(states)
-    period = states[first:stop].copy()
-    # Unscored windows are rare inside the sleep period, so they count as wake.
-    period[period == UNSCORED] = W
-
-    latency = clock_h = None
-    off = lights_off.get(path.name[:6])
-    if off is not None:
-        start = edfio.read_edf(path).starttime
-        start_h = start.hour + start.minute / 60 + start.second / 3600
-        clock_h = off.hour + off.minute / 60 + off.second / 3600
-        # Clock times are kept as hours after noon of the recording day, so 01:00 is 13.0.
-        clock_h = (clock_h - 12.0) % 24.0
-        offset_h = clock_h - (start_h - 12.0) % 24.0
-        latency = max(0.0, (first * WINDOW_S / 3600.0 - offset_h) * 60.0)
-    return _Night(path.name, period, latency, clock_h)
-
-
-def read_lights_off(xls_path: str | Path) -> dict[str, datetime.time]:
-    """Read lights-off times from Sleep-EDF's ``SC-subjects.xls`` (needs the xlrd package).
-
-    Returns a dict keyed by recording (``"SC4001"``: subject 0, night 1).
-    """
-    try:
-        import xlrd
-    except ImportError:
-        raise SleepnasError("reading SC-subjects.xls needs the xlrd package: pip install xlrd") from None
-    sheet = xlrd.open_workbook(str(xls_path)).sheet_by_index(0)
-    header = [str(v).strip().lower() for v in sheet.row_values(0)]
-    try:
-        subject_col, night_col, off_col = header.index("subject"), header.index("night"), header.index("lightsoff")
-    except ValueError:
-        raise SleepnasError(f"{xls_path} has columns {header}: expected subject, night and LightsOff") from None
-
-    times = {}
-    for r in range(1, sheet.nrows):
-        row = sheet.row_values(r)
-        seconds = int(round(float(row[off_col]) * 86400)) % 86400
-        key = f"SC4{int(row[subject_col]):02d}{int(row[night_col])}"
-        times[key] = datetime.time(seconds // 3600, seconds % 3600 // 60, seconds % 60)
-    return times
 
 
 @dataclass(frozen=True)
@@ -382,7 +213,8 @@ def sample_sleep_period(rng: np.random.Generator, model: dict | None = None,
     rng : numpy.random.Generator
         Source of randomness.
     model : dict, optional
-        Output of `fit_stage_model`; default: `default_stage_model`.
+        Output of `sleepnas.tools.stage_model_fit.fit_stage_model`; default:
+        `default_stage_model`.
     length_h : float, optional
         Target length in hours; default: drawn from the fitted sleep-period lengths.
         The result can be a few windows shorter, because it ends on a sleep window.
@@ -440,7 +272,8 @@ def sample_night(rng: np.random.Generator, *, n_windows: int | None = None, mode
         compressed, every part in proportion: windows are taken at even steps through
         the sleep period, and each stage of the night keeps at least one window.
     model : dict, optional
-        Output of `fit_stage_model`; default: `default_stage_model`.
+        Output of `sleepnas.tools.stage_model_fit.fit_stage_model`; default:
+        `default_stage_model`.
     pre_wake_min, post_wake_min : tuple of float
         Ranges (minutes) of the wake before lights-off and after the last sleep window.
 
@@ -513,18 +346,6 @@ def _compress(period: np.ndarray, parts: list[int],
     return short, [wake[0], wake[1], n_period, wake[2]], positions
 
 
-def format_stage_model(model: dict) -> str:
-    """Return the Python source of a module that defines ``STAGE_MODEL = model``."""
-    body = pprint.pformat(model, width=100, sort_dicts=False, compact=True)
-    return (
-        '"""Night-architecture numbers fitted by `sleepnas.tools.stage_model.fit_stage_model`.\n\n'
-        "Generated by ``python -m sleepnas.tools.stage_model``; do not edit by hand. Fitted on\n"
-        "Sleep-EDF Expanded cassette hypnograms (PhysioNet, ODC-By 1.0; Kemp et al. 2000,\n"
-        'Goldberger et al. 2000).\n"""\n\n'
-        f"STAGE_MODEL = {body}\n"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     """Fit the model on a folder of hypnograms and print the constants module."""
     parser = argparse.ArgumentParser(prog="python -m sleepnas.tools.stage_model",
@@ -533,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subjects-xls", type=Path, default=None,
                         help="SC-subjects.xls with lights-off times (default: beside the folder)")
     args = parser.parse_args(argv)
+
+    from .stage_model_fit import fit_stage_model, format_stage_model, read_lights_off
 
     paths = sorted(p for p in args.hypnogram_dir.iterdir() if re.fullmatch(r"SC4\d{3}E.-Hypnogram\.edf", p.name))
     xls = args.subjects_xls or args.hypnogram_dir.parent / "SC-subjects.xls"

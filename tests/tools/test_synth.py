@@ -13,6 +13,7 @@ import pytest
 from sleepnas.runtime.errors import SleepnasError
 from sleepnas.runtime.spec import CASSETTE_CHANNELS
 from sleepnas.tools import stage_model as sm
+from sleepnas.tools.stage_model_fit import fit_stage_model
 from sleepnas.tools.synth import synthesize_cohort, synthesize_recording
 
 SLEEP_EDF = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sleep-edf"
@@ -275,7 +276,7 @@ def test_generated_hypnograms_match_real():
 @needs_real_hypnograms
 def test_fit_reproduces_stored_model():
     paths = sorted(HYPNOGRAMS.glob("*-Hypnogram.edf"))
-    fitted = sm.fit_stage_model(paths)
+    fitted = fit_stage_model(paths)
     stored = sm.default_stage_model()
     for key, value in fitted.items():
         if key in ("onset_latency_min", "lights_off_clock_h"):
