@@ -62,6 +62,12 @@ def score(model_path: Path, recordings: tuple[Path, ...], output_dir: Path | Non
     if stream:
         if recordings:
             raise SleepnasError("--stream reads samples from standard input: give no recording files")
+        file_options = {"-o/--output-dir": output_dir, "--plot": plot, "--reference": reference,
+                        "--lights-off": lights_off, "--lights-on": lights_on}
+        used = [name for name, value in file_options.items() if value]
+        if used:
+            raise SleepnasError(f"{', '.join(used)} cannot be used with --stream, which prints one "
+                                f"line per window to standard output and writes no files")
         model = load_model(model_path, threads=threads, providers=provider)
         _score_stream(model, batch_size)
         return

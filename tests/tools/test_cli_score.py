@@ -158,6 +158,15 @@ def test_stream_prints_batch_hypnogram(model_path, recordings):
                       "(17.66 s) after the last whole window were not scored"]
 
 
+def test_stream_with_file_options_rejected(model_path, recordings, tmp_path):
+    code, _, stderr = run_cli(["score", str(model_path), "--stream", "-o", str(tmp_path), "--plot"])
+    assert code == 1
+    assert "Error: -o/--output-dir, --plot cannot be used with --stream" in stderr
+    code, _, stderr = run_cli(["score", str(model_path), "--stream", str(recordings[0])])
+    assert code == 1
+    assert "give no recording files" in stderr
+
+
 def test_stream_flags_nan_run(model_path):
     frames = (np.random.default_rng(2).normal(0.0, 2e-5, size=(6000, 2))).astype("<f4")
     frames[3100:3400, 1] = np.nan
