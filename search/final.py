@@ -293,13 +293,7 @@ def format_results(results: dict[str, Any]) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     if "folds" in results:
-        lines = [f"Cross-validation over {results['folds']} folds (subject-wise)"]
-        for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("kappa", "kappa")):
-            pooled = results["summary"]["pooled"][key]
-            stats = results["summary"]["mean_std"][key]
-            mean_std = "n/a" if stats["mean"] is None else f"{stats['mean']:.3f} +- {stats['std']:.3f}"
-            lines.append(f"  test {label}: pooled {num(pooled)}, mean +- std over folds {mean_std}")
-        return "\n".join(lines) + "\n"
+        return _format_folds(results, num)
 
     flops = results.get("flops")
     latency = results.get("latency_ms")
@@ -315,6 +309,27 @@ def format_results(results: dict[str, Any]) -> str:
         f"Latency (ONNX):     {'n/a' if latency is None else f'{latency:.3f} ms'} "
         f"(batch {results.get('latency_batch_size')}, {results.get('latency_threads')} thread)",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def _format_folds(results: dict[str, Any], num: Any) -> str:
+    summary = results["summary"]
+    lines = [f"Cross-validation over {results['folds']} folds (subject-wise)"]
+    for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("kappa", "kappa")):
+        stats = summary["mean_std"][key]
+        mean_std = "n/a" if stats["mean"] is None else f"{stats['mean']:.3f} +- {stats['std']:.3f}"
+        lines.append(f"  test {label}: pooled {num(summary['pooled'][key])}, "
+                     f"mean +- std over folds {mean_std}")
+    lines.append("Per subject (test fold):")
+    for subject, metrics in sorted(summary["per_subject"].items()):
+        lines.append(f"  {subject}: accuracy {num(metrics.get('accuracy'))}, macro-F1 "
+                     f"{num(metrics.get('macro_f1'))}, kappa {num(metrics.get('kappa'))}, "
+                     f"{metrics.get('n_windows')} windows (fold {metrics.get('fold')})")
+    flops, latency = results.get("flops"), results.get("latency_ms")
+    flops_text = "n/a" if flops is None else f"{flops / 1e6:.2f} M"
+    latency_text = "n/a" if latency is None else f"{latency:.3f} ms"
+    lines.append(f"Params: {results.get('params'):,}   FLOPs: {flops_text}   "
+                 f"Latency (ONNX, fold 1): {latency_text}")
     return "\n".join(lines) + "\n"
 
 

@@ -145,7 +145,10 @@ def test_train_folds_writes_summary(tmp_path):
     assert set(results["summary"]["per_subject"]) == {"s5", "s1"}
     assert results["summary"]["pooled"]["n_windows"] == int(np.isin(subjects, ["s5", "s1"]).sum())
     assert results["accuracy"] == results["summary"]["pooled"]["accuracy"]
-    assert "mean +- std over folds" in format_results(results)
+    text = format_results(results)
+    assert "mean +- std over folds" in text
+    assert "  s5: accuracy" in text
+    assert "(fold 1)" in text
 
     # A resumed run reads finished folds instead of training them again.
     again = train_folds("tinysleepnet", _network(), fold_data, splits, _config(epochs=1), tmp_path,
