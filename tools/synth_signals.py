@@ -78,6 +78,8 @@ class SubjectTraits:
     temp_mesor_c: float
     temp_amplitude_c: float
     spectral_exponent: float
+    #: Per-stage factors on the EEG and chin EMG levels, so stages differ by subject too.
+    stage_levels: tuple[float, ...] = (1.0,) * 7
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> SubjectTraits:
@@ -97,6 +99,7 @@ class SubjectTraits:
             temp_mesor_c=float(rng.uniform(36.6, 37.1)),
             temp_amplitude_c=float(rng.uniform(0.25, 0.5)),
             spectral_exponent=float(rng.uniform(0.8, 1.4)),
+            stage_levels=tuple(float(v) for v in rng.lognormal(0.0, 0.15, size=7)),
         )
 
 
@@ -310,8 +313,10 @@ def _eeg_channels(rng: np.random.Generator, blend: _Blend, eyes_open: np.ndarray
     sfreq = float(EEG_SFREQ)
     jitter = rng.lognormal(0.0, 0.25, size=(4, n_windows))
 
+    stage_levels = np.asarray(traits.stage_levels)
+
     def level(per_stage: np.ndarray, row: int) -> np.ndarray:
-        return _per_sample(blend.per_window(per_stage) * jitter[row], _PER_WINDOW, 200)
+        return _per_sample(blend.per_window(per_stage * stage_levels) * jitter[row], _PER_WINDOW, 200)
 
     # 1/f background: a part both derivations share and a part of their own.
     exponent = traits.spectral_exponent
@@ -403,7 +408,7 @@ def _movement_artifacts(rng: np.random.Generator, states: np.ndarray) -> np.ndar
 def _emg_envelope(rng: np.random.Generator, blend: _Blend, traits: SubjectTraits) -> np.ndarray:
     """Chin EMG as the cassette recorder gives it: an RMS envelope in uV sampled at 1 Hz."""
     per_window = int(WINDOW_S * SLOW_SFREQ)
-    level = blend.per_window(_EMG_UV) * rng.lognormal(0.0, 0.2, len(blend.states))
+    level = blend.per_window(_EMG_UV * np.asarray(traits.stage_levels)) * rng.lognormal(0.0, 0.2, len(blend.states))
     # Tone changes over a minute or so, so S1 next to REM is nearly as slack as REM.
     level = np.convolve(np.pad(level, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
     envelope = _per_sample(level, per_window, 5) * traits.emg_gain

@@ -282,3 +282,52 @@ def test_fit_reproduces_stored_model():
         if key in ("onset_latency_min", "lights_off_clock_h"):
             continue  # fitted only with the lights-off times of SC-subjects.xls
         assert value == stored[key], key
+
+
+def _band_power_features(windows: np.ndarray) -> np.ndarray:
+    """Log band powers of the EEG and EOG, log chin EMG and breathing spread, z-scored per recording."""
+    freqs = np.fft.rfftfreq(windows.shape[-1], 0.01)
+    power = np.abs(np.fft.rfft(windows[:, :3], axis=-1)) ** 2
+    bands = ((0.5, 2), (2, 4), (4, 8), (8, 12), (11, 16), (16, 30), (30, 45))
+    columns = [np.log(power[:, c][:, (freqs >= low) & (freqs < high)].sum(axis=-1) + 1e-20)
+               for c in range(3) for low, high in bands]
+    columns.append(np.log(windows[:, 4].mean(axis=-1) + 1e-9))
+    columns.append(np.log(windows[:, 3].std(axis=-1) + 1e-9))
+    features = np.stack(columns, axis=1)
+    return (features - features.mean(axis=0)) / features.std(axis=0)
+
+
+@pytest.mark.slow
+def test_staging_not_trivial(tmp_path):
+    # Staging from band powers (a linear discriminant trained on the other subjects) has
+    # to stay well below perfect and confuse N1 most, as with real recordings. Otherwise
+    # a search would tune models to an easy task.
+    aasm = np.array([0, 1, 2, 3, 3, 4])
+    features, labels, subjects = [], [], []
+    for subject in range(4):
+        psg, hypnogram = synthesize_recording(tmp_path, subject, 1, seed=8, hours=2.5)
+        windows, texts = _windows(psg, hypnogram)
+        states = np.array([sm.ANNOTATION_TEXTS.index(t) for t in texts])
+        keep = states != sm.MT
+        features.append(_band_power_features(windows[keep]))
+        labels.append(aasm[states[keep]])
+        subjects += [subject] * int(keep.sum())
+    x, y, subjects = np.concatenate(features), np.concatenate(labels), np.array(subjects)
+
+    confusion = np.zeros((5, 5), dtype=np.int64)
+    for held_out in range(4):
+        train, test = subjects != held_out, subjects == held_out
+        means = np.stack([x[train & (y == k)].mean(axis=0) for k in range(5)])
+        covariance = np.cov((x[train] - means[y[train]]).T) + 1e-3 * np.eye(x.shape[1])
+        inverse = np.linalg.inv(covariance)
+        scores = x[test] @ inverse @ means.T - 0.5 * np.sum(means @ inverse * means, axis=1)
+        np.add.at(confusion, (y[test], scores.argmax(axis=1)), 1)
+
+    accuracy = np.trace(confusion) / confusion.sum()
+    recall = np.diag(confusion) / confusion.sum(axis=1)
+    assert accuracy > 0.6, confusion
+    assert accuracy < 0.95, confusion
+    assert recall[1] < 0.7, confusion  # N1
+    assert recall[0] > 0.7, confusion  # W
+    assert recall[2] > 0.6, confusion  # N2
+    assert recall[4] > 0.6, confusion  # REM
