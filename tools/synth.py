@@ -107,7 +107,8 @@ def synthesize_recording(out_dir: str | Path, subject: int, night: int, *, seed:
         Seed of the cohort. The subject's traits depend on ``(seed, subject)`` only, so
         the nights of one subject share them.
     hours : float, optional
-        Length of the recording in hours, from 0.25 to 24. Default: a realistic night
+        Length of the recording in hours, from 0.25 to 24, rounded to whole 30-s
+        windows. Default: a realistic night
         of about 9-10 h (wake before lights-off, sleep-onset latency, a sleep period of
         4.6-11.8 h and wake after). A shorter recording contains the whole night
         compressed, as `sleepnas.tools.stage_model.sample_night` describes.
