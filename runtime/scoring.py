@@ -240,6 +240,12 @@ def score_signals(model: SleepModel, data: np.ndarray, *, batch_size: int = 64,
     windows = windows.transpose(1, 0, 2)
     labels, proba, flags = score_windows(model, windows, batch_size=batch_size)
 
+    n_flat = sum("flat" in flag for flag in flags)
+    if n_flat > n_windows / 2:
+        logger.warning("%s: %d of %d windows have a flat channel: check that the signal is in the "
+                       "units the model was trained on (its scale per channel is %s)",
+                       name, n_flat, n_windows, ", ".join(f"{scale:g}" for scale in spec.scale))
+
     leftover = n_samples - n_windows * spec.n_times
     if leftover:
         logger.info("%s: the last %d samples (%.1f s) do not fill a window and are not scored",

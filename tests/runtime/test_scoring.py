@@ -149,3 +149,11 @@ def test_recording_flat_window_flagged(linear_model, tmp_path):
     result = score_recording(linear_model, path)
     assert result.flags == ["", "", "", "flat EMG submental", "", ""]
     assert result.n_flagged == 1
+
+
+def test_unit_mismatch_warned(linear_model, caplog):
+    picovolts = varying_signal(4 * 3000, seed=9) * 1e-12
+    with caplog.at_level("WARNING", logger="sleepnas"):
+        result = score_signals(linear_model, picovolts, name="tiny")
+    assert result.n_flagged == 4
+    assert "tiny: 4 of 4 windows have a flat channel: check that the signal is in the units" in caplog.text
