@@ -404,25 +404,19 @@ def train_folds(name_or_genotype: Any, network_config: Any, make_fold_data: Any,
     return results
 
 
-def train_from_path(name_or_genotype: Any, network_config: Any, data_path: str | os.PathLike,
-                    spec: Any, config: TrainConfig, run_dir: str | os.PathLike, *,
-                    folds: int | None = None, resume: bool = False,
-                    cache_dir: str | os.PathLike | None = None, val_fraction: float = 0.15,
-                    test_fraction: float = 0.15, options: dict[str, Any] | None = None,
-                    measure_latency: bool = True, log_every: int | None = None) -> dict[str, Any]:
-    """Load the cohort of ``data_path``, split it by subject and train (`train_run` or `train_folds`).
+def load_training_cohort(data_path: str | os.PathLike, spec: Any, *, seed: int = 0,
+                         folds: int | None = None, val_fraction: float = 0.15,
+                         test_fraction: float = 0.15,
+                         cache_dir: str | os.PathLike | None = None) -> tuple[Any, list[Any]]:
+    """Load the cohort of ``data_path`` through the window store and split it by subject.
 
-    Parameters
-    ----------
-    spec : WindowSpec
-        Channels, rate and scheme of the windows (unfitted).
-    folds : int, optional
-        Run subject-wise K-fold cross-validation with this many folds.
-    val_fraction, test_fraction : float
-        Shares of subjects held out for validation and test (without ``folds``); with
-        ``folds``, the validation share is taken from each fold's training subjects.
-
-    Other parameters are those of `train_run`.
+    Returns
+    -------
+    cohort : Cohort
+    splits : list of SubjectSplit
+        One train/validation/test split, or ``folds`` of them for cross-validation.
+        With ``folds``, each fold's validation subjects are ``val_fraction`` of the
+        subjects outside its test fold.
     """
     from sleepnas.runtime.splits import kfold_subjects, split_subjects
     from sleepnas.runtime.store import load_cohort
@@ -430,26 +424,55 @@ def train_from_path(name_or_genotype: Any, network_config: Any, data_path: str |
     cohort = load_cohort(data_path, spec, cache_dir=cache_dir)
     subject_ids = list(cohort.subject_ids)
     logger.info("cohort: %d windows of %d subjects from %s", len(cohort.labels), len(subject_ids), data_path)
-
-    def make_fold_data(split: Any) -> TrainData:
-        from .training import data_from_cohort
-
-        return data_from_cohort(cohort, split, seed=config.seed)
-
     if folds is None:
-        split = split_subjects(subject_ids, val_fraction=val_fraction, test_fraction=test_fraction,
-                               seed=config.seed)
+        split = split_subjects(subject_ids, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         logger.info("split by subject: %d training, %d validation, %d test subjects",
                     len(split.train), len(split.val), len(split.test))
-        return train_run(name_or_genotype, network_config, make_fold_data(split), config, run_dir,
-                         resume=resume, options=options, measure_latency=measure_latency,
-                         log_every=log_every)
+        return cohort, [split]
     if folds < 2 or folds > len(subject_ids):
         raise SleepnasError(f"invalid --folds {folds}: expected 2 to {len(subject_ids)}, "
                             f"the number of subjects in {data_path}")
-    splits = kfold_subjects(subject_ids, folds, seed=config.seed, val_fraction=val_fraction)
+    return cohort, kfold_subjects(subject_ids, folds, seed=seed, val_fraction=val_fraction)
+
+
+def train_cohort(name_or_genotype: Any, network_config: Any, cohort: Any, splits: Sequence[Any],
+                 config: TrainConfig, run_dir: str | os.PathLike, *, folds: bool = False,
+                 resume: bool = False, options: dict[str, Any] | None = None,
+                 measure_latency: bool = True, log_every: int | None = None) -> dict[str, Any]:
+    """Train on a loaded cohort: `train_run` on ``splits[0]``, or `train_folds` over all splits.
+
+    ``folds`` selects cross-validation; the other parameters are those of `train_run`.
+    """
+    from .training import data_from_cohort
+
+    def make_fold_data(split: Any) -> TrainData:
+        return data_from_cohort(cohort, split, seed=config.seed)
+
+    if not folds:
+        return train_run(name_or_genotype, network_config, make_fold_data(splits[0]), config, run_dir,
+                         resume=resume, options=options, measure_latency=measure_latency,
+                         log_every=log_every)
     return train_folds(name_or_genotype, network_config, make_fold_data, splits, config, run_dir,
                        resume=resume, options=options, measure_latency=measure_latency)
+
+
+def train_from_path(name_or_genotype: Any, network_config: Any, data_path: str | os.PathLike,
+                    spec: Any, config: TrainConfig, run_dir: str | os.PathLike, *,
+                    folds: int | None = None, resume: bool = False,
+                    cache_dir: str | os.PathLike | None = None, val_fraction: float = 0.15,
+                    test_fraction: float = 0.15, options: dict[str, Any] | None = None,
+                    measure_latency: bool = True, log_every: int | None = None) -> dict[str, Any]:
+    """Load and split the cohort of ``data_path`` (`load_training_cohort`), then train (`train_cohort`).
+
+    ``spec`` gives the channels, rate and scheme of the windows (unfitted); the other
+    parameters are those of `load_training_cohort` and `train_run`.
+    """
+    cohort, splits = load_training_cohort(data_path, spec, seed=config.seed, folds=folds,
+                                          val_fraction=val_fraction, test_fraction=test_fraction,
+                                          cache_dir=cache_dir)
+    return train_cohort(name_or_genotype, network_config, cohort, splits, config, run_dir,
+                        folds=folds is not None, resume=resume, options=options,
+                        measure_latency=measure_latency, log_every=log_every)
 
 
 def quick_train(genotype: Any, network_config: Any, data_path: str | os.PathLike, spec: Any, *,

@@ -42,9 +42,9 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "log.txt"
 
 
-def create_run_dir(save_dir: str | os.PathLike | None = None, *, prefix: str = "run",
-                   resume: bool = False) -> Path:
-    """Create the run directory, or check the one a resumed run continues.
+def check_run_dir(save_dir: str | os.PathLike | None = None, *, prefix: str = "run",
+                  resume: bool = False) -> Path:
+    """Return the run directory path and check it, creating nothing.
 
     Parameters
     ----------
@@ -69,6 +69,18 @@ def create_run_dir(save_dir: str | os.PathLike | None = None, *, prefix: str = "
     if (path / CONFIG).exists() or (path / CHECKPOINT).exists():
         raise SleepnasError(f"{path} already contains a run: choose another --save-dir, "
                             f"or continue that run with --resume")
+    if path.exists() and not path.is_dir():
+        raise SleepnasError(f"--save-dir {path} is a file: give a directory")
+    return path
+
+
+def create_run_dir(save_dir: str | os.PathLike | None = None, *, prefix: str = "run",
+                   resume: bool = False) -> Path:
+    """Create the run directory, or check the one a resumed run continues.
+
+    The parameters are those of `check_run_dir`.
+    """
+    path = check_run_dir(save_dir, prefix=prefix, resume=resume)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

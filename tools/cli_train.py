@@ -110,10 +110,10 @@ def train(genotype: Path | None, model: str | None, data_path: Path, save_dir: P
     from sleepnas.runtime.spec import CASSETTE_CHANNELS, WindowSpec
     from sleepnas.runtime.stages import resolve_scheme
     from sleepnas.search import rundir
-    from sleepnas.search.final import format_results, train_from_path
+    from sleepnas.search.final import format_results, load_training_cohort, train_cohort
     from sleepnas.search.models import describe_model
     from sleepnas.search.network import network_config
-    from sleepnas.search.training import TrainConfig
+    from sleepnas.search.training import TrainConfig, resolve_device
 
     if (genotype is None) == (model is None):
         raise SleepnasError("give either a GENOTYPE.json file or --model NAME "
@@ -147,14 +147,20 @@ def train(genotype: Path | None, model: str | None, data_path: Path, save_dir: P
                "val_fraction": val_fraction, "test_fraction": test_fraction,
                "genotype_file": None if genotype is None else str(genotype)}
 
-    run_dir = rundir.create_run_dir(save_dir, prefix="train", resume=resume)
+    # Check everything a user can get wrong before the run directory is created.
+    resolve_device(device)
+    run_dir = rundir.check_run_dir(save_dir, prefix="train", resume=resume)
+    cohort, splits = load_training_cohort(data_path, spec, seed=seed, folds=folds,
+                                          val_fraction=val_fraction, test_fraction=test_fraction,
+                                          cache_dir=cache_dir)
+
+    rundir.create_run_dir(run_dir, resume=resume)
     handler = rundir.add_log_file(run_dir)
     try:
         logger.info("run directory: %s", run_dir)
-        results = train_from_path(architecture, net_config, data_path, spec, config, run_dir,
-                                  folds=folds, resume=resume, cache_dir=cache_dir,
-                                  val_fraction=val_fraction, test_fraction=test_fraction,
-                                  options=options, log_every=print_freq or None)
+        results = train_cohort(architecture, net_config, cohort, splits, config, run_dir,
+                               folds=folds is not None, resume=resume, options=options,
+                               log_every=print_freq or None)
     finally:
         logging.getLogger("sleepnas").removeHandler(handler)
         handler.close()

@@ -138,3 +138,21 @@ def test_train_genotype_file(cohort, cache, tmp_path):
     assert "Edge from node" in (run / rundir.ARCHITECTURE).read_text()
     assert "Edge from node" in out
     assert "FLOPs:" in out
+
+
+def test_no_recordings_leaves_no_run_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["train", "--model", "tinysleepnet", "--data-path", str(tmp_path / "empty"),
+                            "--save-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")])
+    assert code == 1
+    assert err.startswith("Error:")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_device(tmp_path):
+    code, _, err = run_cli(["train", "--model", "tinysleepnet", "--data-path", str(tmp_path),
+                            "--save-dir", str(tmp_path / "run"), "--device", "cuda"])
+    assert code == 1
+    assert "--device cuda: no CUDA device is available" in err
+    assert not (tmp_path / "run").exists()
