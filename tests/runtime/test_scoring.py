@@ -46,10 +46,10 @@ def test_recording_matches_its_signals(linear_model, volt_spec, psg_path):
 
 
 def test_batch_size_does_not_change_stages(linear_model, psg_path):
-    one = score_recording(linear_model, psg_path, batch_size=1)
-    many = score_recording(linear_model, psg_path, batch_size=64)
-    np.testing.assert_array_equal(one.labels, many.labels)
-    np.testing.assert_allclose(one.proba, many.proba, atol=1e-6)
+    single = score_recording(linear_model, psg_path, batch_size=1)
+    batched = score_recording(linear_model, psg_path, batch_size=64)
+    np.testing.assert_array_equal(single.labels, batched.labels)
+    np.testing.assert_allclose(single.proba, batched.proba, atol=1e-6)
 
 
 def test_signal_shorter_than_window_rejected(linear_model):
