@@ -448,7 +448,13 @@ def _temperature(rng: np.random.Generator, plan_clock_h: np.ndarray, asleep: np.
                       np.arange(len(plan_clock_h)), plan_clock_h)
     # Hours after noon: the circadian minimum near 05:00 is at 17.0.
     circadian = -traits.temp_amplitude_c * np.cos(2 * np.pi * (clock - 17.0) / 24.0)
-    sleep_drop = -0.15 * _per_sample(asleep.astype(np.float64), per_window, 1800)
+    # Sleep lowers core temperature by a few tenths of a degree, with a lag of about half an hour.
+    lagged = np.empty(len(asleep))
+    current = 0.0
+    for i, value in enumerate(asleep):
+        current += (float(value) - current) / 60.0
+        lagged[i] = current
+    sleep_drop = -0.15 * _per_sample(lagged, per_window, per_window)
     drift = 0.02 * _band_noise(rng, len(clock), 1.0, 0.0002, 0.01)
     return traits.temp_mesor_c + circadian + sleep_drop + drift
 
