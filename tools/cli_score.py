@@ -44,9 +44,10 @@ _STREAM_READ_BYTES = 1 << 16
               help="End of the time in bed: clock time HH:MM[:SS] or seconds from the first "
                    "sample [default: the end of the last whole window].")
 @click.option("--stream", is_flag=True,
-              help="Read little-endian float32 frames (channels interleaved, in the model's "
-                   "channel order and rate, in the model's physical units) from standard input "
-                   "and print one CSV line per window.")
+              help="Read little-endian float32 frames from standard input (channels "
+                   "interleaved, in the model's channel order and rate, in volts as sleepnas "
+                   "reads EDF signals) and print one CSV line per window. Samples after the last "
+                   "whole window are reported on standard error.")
 def score(model_path: Path, recordings: tuple[Path, ...], output_dir: Path | None, plot: bool,
           threads: int | None, batch_size: int, provider: str, reference: Path | None,
           no_reference: bool, lights_off: str | None, lights_on: str | None, stream: bool) -> None:
