@@ -323,13 +323,80 @@ def check_signal_values(data: np.ndarray, names: Sequence[str], source: str) -> 
             )
 
 
+def upsample_fft(signal: np.ndarray, factor: int) -> np.ndarray:
+    """Upsample a signal by an integer factor with FFT (trigonometric) interpolation.
+
+    The result equals ``mne.filter.resample(signal, factor, 1, npad=0)``, the
+    resampling MNE's EDF reader applies to the slower signals of a file with mixed
+    rates, up to float64 rounding. It is computed as ``factor`` inverse FFTs of the
+    input length, one per output phase, instead of one inverse FFT of ``factor``
+    times the input length, whose size often has a large prime factor and is slow.
+
+    Parameters
+    ----------
+    signal : ndarray, shape (n_times,)
+    factor : int
+        Output samples per input sample.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_times * factor,)
+    """
+    n = len(signal)
+    spectrum = np.fft.rfft(np.asarray(signal, dtype=np.float64))
+
+    # Output sample j * factor + p is the input's interpolant at j + p / factor: the
+    # input spectrum shifted by that fraction of a sample, transformed back. For an
+    # even n, MNE halves the Nyquist bin and a long inverse FFT counts it twice, while
+    # an inverse FFT of length n counts its real part once, so the two agree unchanged.
+    bins = np.arange(len(spectrum))
+    out = np.empty((n, factor), dtype=np.float64)
+    for phase in range(factor):
+        shift = np.exp(2j * np.pi * bins * phase / (n * factor))
+        out[:, phase] = np.fft.irfft(spectrum * shift, n)
+    return out.reshape(-1)
+
+
+def _read_group(reader, header: EdfHeader, group: list[str], rate: float, sfreq: float,
+                n_times: int) -> dict[str, np.ndarray]:
+    """Read signals that share one rate and bring each to ``sfreq``, as float32."""
+    import mne
+
+    try:
+        raw = reader(header.path, include=list(group), preload=True, verbose="error")
+    except (ValueError, RuntimeError, OSError) as err:
+        raise SleepnasError(f"{header.path} could not be read as {header.kind}: {err}") from None
+    if rate > sfreq + _TIME_TOLERANCE_S:
+        raw.resample(sfreq, verbose="error")
+
+    signals = {}
+    for name in group:
+        signal = raw.get_data(picks=[name])[0]
+        if rate < sfreq - _TIME_TOLERANCE_S:
+            # The same FFT resampling, over the whole signal and without padding, that
+            # MNE's EDF reader applies when it reads signals of mixed rates together.
+            if n_times % len(signal) == 0:
+                signal = upsample_fft(signal, n_times // len(signal))
+            else:
+                signal = mne.filter.resample(signal, n_times, len(signal), npad=0,
+                                             verbose="error")
+        if len(signal) != n_times:
+            raise SleepnasError(f"signal {name!r} of {header.path} has {len(signal)} samples at "
+                                f"{sfreq:g} Hz: expected {n_times} from its header")
+        signals[name] = signal.astype(np.float32)
+    return signals
+
+
 def read_signals(psg_path: str | os.PathLike, channels: Sequence[str], sfreq: float = 100.0,
                  *, window_s: float = 30.0) -> tuple[np.ndarray, float]:
     """Read signals of a PSG file by name, brought to ``sfreq``.
 
-    MNE reads EDF signals of different rates at the highest rate among the picked
-    signals, and upsamples the others with FFT resampling over the whole recording.
-    The result is then resampled to ``sfreq`` if it differs.
+    Signals are read with MNE one rate at a time. Slower signals (Sleep-EDF's 1-Hz
+    signals) are upsampled with the FFT resampling over the whole recording that
+    MNE's reader applies to signals of mixed rates, so the values equal those of
+    ``mne.io.read_raw_edf(..., preload=True)`` on the whole file. Faster signals are
+    downsampled with ``Raw.resample``. Reading one rate at a time needs far less
+    memory than MNE's mixed-rate reader.
 
     Parameters
     ----------
@@ -356,19 +423,16 @@ def read_signals(psg_path: str | os.PathLike, channels: Sequence[str], sfreq: fl
     names = match_channels(header.labels, channels, source)
     _check_rates(header, names, sfreq, window_s)
 
+    groups: dict[float, list[str]] = {}
+    for name in names:
+        groups.setdefault(header.sfreq(name), []).append(name)
     reader = mne.io.read_raw_bdf if header.kind == "BDF" else mne.io.read_raw_edf
-    try:
-        raw = reader(header.path, include=list(names), preload=True, verbose="error")
-    except (ValueError, RuntimeError, OSError) as err:
-        raise SleepnasError(f"{header.path} could not be read as {header.kind}: {err}") from None
-    if abs(raw.info["sfreq"] - sfreq) > _TIME_TOLERANCE_S:
-        raw.resample(sfreq, verbose="error")
+    n_times = int(round(header.duration_s * sfreq))
+    data = np.empty((len(names), n_times), dtype=np.float32)
+    for rate, group in groups.items():
+        for name, signal in _read_group(reader, header, group, rate, sfreq, n_times).items():
+            data[names.index(name)] = signal
 
-    # Copy channel by channel so only one float64 channel exists beside the raw data.
-    data = np.empty((len(names), raw.n_times), dtype=np.float32)
-    for row, name in enumerate(names):
-        data[row] = raw.get_data(picks=[name])[0]
-    del raw
     check_signal_values(data, names, source)
     return data, float(sfreq)
 

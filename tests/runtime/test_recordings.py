@@ -16,6 +16,7 @@ from sleepnas.runtime.recordings import (
     load_recording_windows,
     read_signals,
     read_stages,
+    upsample_fft,
     window_labels,
 )
 from sleepnas.runtime.spec import CASSETTE_CHANNELS, WindowSpec
@@ -136,6 +137,28 @@ def test_read_signals_values_and_units(tmp_path):
     np.testing.assert_allclose(data[1] * 1e6, eeg_signal(t_s), atol=0.01)
     # 1-Hz temperature upsampled by MNE's FFT resampling follows the slow sine.
     np.testing.assert_allclose(data[0], temp_signal(t_s), atol=1e-3)
+
+
+def test_read_signals_equals_mne_whole_file(tmp_path):
+    import mne
+
+    psg = write_psg(tmp_path / "SC4001E0-PSG.edf", 1020, seed=4)
+    data, _ = read_signals(psg, CASSETTE_CHANNELS)
+    raw = mne.io.read_raw_edf(psg, preload=True, verbose="error")
+    reference = raw.get_data(picks=list(CASSETTE_CHANNELS)).astype(np.float32)
+    assert data.shape == reference.shape
+    for row, name in enumerate(CASSETTE_CHANNELS):
+        np.testing.assert_allclose(data[row], reference[row], rtol=1e-6,
+                                   atol=1e-6 * np.abs(reference[row]).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("n_times", [7, 8, 1000, 1001])
+def test_upsample_fft_equals_mne_resample(n_times):
+    import mne
+
+    signal = np.random.default_rng(n_times).normal(size=n_times)
+    expected = mne.filter.resample(signal, n_times * 100, n_times, npad=0, verbose="error")
+    np.testing.assert_allclose(upsample_fft(signal, 100), expected, rtol=0, atol=1e-12)
 
 
 def test_only_slow_channels_reach_target_rate(tmp_path):
