@@ -233,6 +233,9 @@ def train_run(name_or_genotype: Any, network_config: Any, data: TrainData, confi
     logger.info("training %s (%d parameters) for up to %d epochs in %s", name, count_params(model),
                 config.epochs, run_dir)
 
+    if resume and not (run_dir / rundir.CHECKPOINT).is_file():
+        logger.info("%s has no checkpoint yet: training starts at epoch 1", run_dir)
+        resume = False
     result = train_model(model, data, config, run_dir=run_dir, resume=resume, log_every=log_every,
                          checkpoint_extra=checkpoint_extra)
     results = build_results(result, model, data, seed=config.seed, search_seconds=search_seconds,

@@ -171,3 +171,24 @@ def test_quick_train_reports_validation(tmp_path):
     assert 0.0 <= report["best_val_accuracy"] <= 1.0
     assert report["best_val_accuracy"] == report["final_val_accuracy"]
     assert not list(tmp_path.glob("runs"))
+
+
+@pytest.mark.slow
+def test_resume_before_first_checkpoint(tmp_path):
+    data = _data()
+    config = _config(epochs=1)
+    train_run("tinysleepnet", _network(), data, config, tmp_path, measure_latency=False)
+    (tmp_path / rundir.CHECKPOINT).unlink()
+    results = train_run("tinysleepnet", _network(), data, config, tmp_path, resume=True,
+                        measure_latency=False)
+    assert results["epochs_run"] == 1
+    assert (tmp_path / rundir.CHECKPOINT).is_file()
+
+
+def test_resume_rejects_other_network(tmp_path):
+    data = _data()
+    train_run("tinysleepnet", _network(), data, _config(epochs=1), tmp_path, measure_latency=False)
+    other = network_config("small", in_channels=N_CHANS, n_times=N_TIMES, init_channels=4,
+                           num_cells=3, num_nodes=2)
+    with pytest.raises(SleepnasError, match="differs in network"):
+        train_run("tinysleepnet", other, data, _config(epochs=1), tmp_path, resume=True)
