@@ -206,6 +206,8 @@ class Supernet(nn.Module):
 
 
 def _check_partial_channels(config: NetworkConfig, partial_channels: int) -> None:
+    if all(op == "zero" for op in config.ops):
+        raise SleepnasError("invalid op subset: only 'zero'; a search needs one or more other ops")
     if isinstance(partial_channels, bool) or not isinstance(partial_channels, int) or partial_channels < 1:
         raise SleepnasError(f"invalid partial_channels {partial_channels!r}: expected an integer >= 1")
     width, remainder = divmod(config.init_channels, partial_channels)

@@ -132,3 +132,8 @@ def test_checkpointing_keeps_gradients():
 def test_invalid_partial_channels(partial_channels, message):
     with pytest.raises(SleepnasError, match=message):
         _supernet(partial_channels=partial_channels)
+
+
+def test_zero_only_subset_rejected():
+    with pytest.raises(SleepnasError, match="only 'zero'"):
+        Supernet(network_config("small", **{**TINY, "ops": ("zero",)}))
