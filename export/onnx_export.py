@@ -1,9 +1,9 @@
 """Export a run directory's model to the ONNX file a device runs.
 
 The file has one input ``windows`` (batch, n_chans, n_times), float32 and already
-normalized, one output ``logits`` (batch, n_classes), a dynamic batch axis named
-``batch``, and metadata with everything the runtime needs: the window spec, the
-stage names, the genotype, the model name, the test metrics and the versions.
+normalized, and one output ``logits`` (batch, n_classes), with a dynamic batch axis
+named ``batch``. Its metadata carries everything the runtime needs: the window spec,
+the stage names, the genotype, the model name, the test metrics and the versions.
 
 The exporter is torch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``,
 torch 2.13). It exports LSTM as one ONNX ``LSTM`` node, which the INT8 quantizer
@@ -51,7 +51,7 @@ _RUN_FILES = ("config.json", "window_spec.json", "weights.pt")
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What an export wrote and how it checked it.
+    """Files an export wrote and the checks it ran.
 
     Attributes
     ----------
@@ -267,23 +267,30 @@ def _genotype_json(run_dir: Path, model_name: str) -> str:
 
 def _export_checked(model, spec: WindowSpec, metadata: dict[str, str], sample, *, opset: int | None,
                     simplify: bool, tolerance: float) -> tuple[bytes, object, ParityReport, bool]:
-    """Export, simplify where parity still holds, and return the bytes that passed."""
+    """Export and simplify a model, keeping the simplified graph only if it passes parity.
+
+    Returns the serialized model, its proto, its parity report and whether it is the
+    simplified graph. The report may have failed: the caller raises.
+    """
     proto = export_onnx(model, spec, opset=opset)
     set_metadata(proto, metadata)
 
-    if simplify:
-        simplified = simplify_onnx(proto)
-        set_metadata(simplified, metadata)
-        data = simplified.SerializeToString()
-        parity = check_parity(model, data, sample, tolerance=tolerance)
-        if parity.passed:
-            return data, simplified, parity, True
+    plain = proto.SerializeToString()
+    if not simplify:
+        return plain, proto, check_parity(model, plain, sample, tolerance=tolerance), False
+
+    simplified = simplify_onnx(proto)
+    set_metadata(simplified, metadata)
+    data = simplified.SerializeToString()
+    parity = check_parity(model, data, sample, tolerance=tolerance)
+    if parity.passed:
+        return data, simplified, parity, True
+
+    plain_parity = check_parity(model, plain, sample, tolerance=tolerance)
+    if plain_parity.passed:
         logger.warning("the simplified graph failed the parity check (%s): keeping the plain graph",
                        parity.describe())
-
-    data = proto.SerializeToString()
-    parity = check_parity(model, data, sample, tolerance=tolerance)
-    return data, proto, parity, False
+    return plain, proto, plain_parity, False
 
 
 def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = None,
@@ -355,8 +362,7 @@ def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = N
 
     calibration = sample_windows(run_dir, spec, split="train", n_windows=parity_windows,
                                  data_path=data_path, seed=seed + 1)
-    int8_data, quantization = quantize_int8(data, calibration, sample, metadata=metadata,
-                                         stage_names=spec.stage_names)
+    int8_data, quantization = quantize_int8(data, calibration, sample, metadata=metadata)
     float_output = output.with_name(f"{output.stem}.float.onnx")
     atomic_write_bytes(float_output, data)
     try:

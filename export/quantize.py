@@ -10,6 +10,7 @@ against the float model, and a type that is not faster in INT8 on this CPU stays
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections import Counter
@@ -19,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from sleepnas.runtime.errors import SleepnasError
-from sleepnas.runtime.metrics import agreement
 
 from .parity import WindowSample, onnx_logits
 
@@ -139,6 +139,23 @@ def _node_types(model_bytes: bytes) -> Counter:
 
 def _quantize(prepared: Path, out: Path, types: tuple[str, ...], calibration: np.ndarray) -> None:
     """Write ``prepared`` with ``types`` quantized to ``out``: static types first, then dynamic."""
+    with _quiet_root_logger():
+        _quantize_types(prepared, out, types, calibration)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """Hide onnxruntime's quantization messages, which it logs on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantize_types(prepared: Path, out: Path, types: tuple[str, ...], calibration: np.ndarray) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     static = [t for t in types if t in STATIC_TYPES]
@@ -175,14 +192,14 @@ def _p50_ms(path: Path, threads: int, warmup: int, repeats: int) -> float:
     return time_model(path, threads=threads, batch_size=1, warmup=warmup, repeats=repeats).p50_ms
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray | None, stage_names: tuple[str, ...]) -> float | None:
+def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
     if labels is None:
         return None
-    return agreement(labels, logits.argmax(axis=1), stage_names)["accuracy"]
+    return float(np.mean(logits.argmax(axis=1) == labels))
 
 
 def quantize_int8(float_model: bytes, calibration: WindowSample, evaluation: WindowSample, *,
-                  metadata: dict[str, str] | None = None, stage_names: tuple[str, ...] = (),
+                  metadata: dict[str, str] | None = None,
                   threads: int = 1, warmup: int = 10, repeats: int = 50) -> tuple[bytes, QuantizationReport]:
     """Quantize a float ONNX model to INT8 where that makes it faster on this CPU.
 
@@ -197,8 +214,6 @@ def quantize_int8(float_model: bytes, calibration: WindowSample, evaluation: Win
         Windows on which INT8 predictions are compared with float ones and with labels.
     metadata : dict, optional
         ``metadata_props`` to write into the INT8 model; those of the float model by default.
-    stage_names : tuple of str
-        Stage names, for the accuracy against labels.
     threads : int
         Intra-op threads of the latency measurements.
     warmup, repeats : int
@@ -228,7 +243,8 @@ def quantize_int8(float_model: bytes, calibration: WindowSample, evaluation: Win
         float_path = tmp_dir / "float.onnx"
         float_path.write_bytes(float_model)
         prepared = tmp_dir / "prepared.onnx"
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        with _quiet_root_logger():
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         float_p50 = _p50_ms(float_path, threads, warmup, repeats)
 
         # NOTE: each type is timed alone, so two types that are slower alone are never tried together.
@@ -266,8 +282,8 @@ def quantize_int8(float_model: bytes, calibration: WindowSample, evaluation: Win
     report = QuantizationReport(
         quantized_types=tuple(int8_types), float_types=float_types, type_p50_ms=type_p50,
         float_p50_ms=float_p50, int8_p50_ms=int8_p50, agreement_with_float=equal,
-        float_accuracy=_accuracy(float_logits, evaluation.labels, stage_names),
-        int8_accuracy=_accuracy(int8_logits, evaluation.labels, stage_names),
+        float_accuracy=_accuracy(float_logits, evaluation.labels),
+        int8_accuracy=_accuracy(int8_logits, evaluation.labels),
         float_bytes=len(float_model), int8_bytes=len(int8_bytes), n_windows=len(evaluation.windows),
         calibration_source=calibration.source, evaluation_source=evaluation.source, threads=threads)
     return int8_bytes, report

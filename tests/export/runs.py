@@ -17,8 +17,8 @@ from sleepnas.search.genotype import Genotype
 from sleepnas.search.models import create_model
 from sleepnas.search.network import NetworkConfig
 
-#: Two genotypes that, between them, use every op of the space except ``zero``,
-#: which a derived genotype never keeps.
+#: Ops of the normal and reduction cells of `genotype_with_ops`. Together they are every
+#: op of the space except ``zero``, which a derived genotype never keeps.
 NORMAL_OPS = ("conv_1x1", "conv_3x1", "conv_5x1", "conv_7x1", "dil_conv_3x1", "dil_conv_5x1",
               "sep_conv_3x1", "sep_conv_5x1")
 REDUCE_OPS = ("max_pool_3x1", "avg_pool_3x1", "lstm", "attention", "identity", "lstm",
@@ -58,7 +58,8 @@ def _perturb_batch_norm(model: torch.nn.Module, seed: int) -> None:
 
 def make_run_dir(path: Path, *, model: str = "genotype", genotype: Genotype | None = None,
                  spec: WindowSpec = TINY_SPEC, config: NetworkConfig | None = None, seed: int = 0,
-                 weights: bool = True, data_path: str | None = None) -> Path:
+                 weights: bool = True, data_path: str | None = None,
+                 split: dict | None = None) -> Path:
     """Write a finished run directory with seeded weights; return its path."""
     config = config or tiny_config(spec)
     path.mkdir(parents=True, exist_ok=True)
@@ -71,17 +72,17 @@ def make_run_dir(path: Path, *, model: str = "genotype", genotype: Genotype | No
         network = create_model(model, config)
     _perturb_batch_norm(network, seed)
 
-    run_config = {"model": model, "network": config.to_dict(), "seed": seed}
+    run_config = {"model": model, "network": config.to_dict(), "options": {"seed": seed}}
     if data_path is not None:
-        run_config["data_path"] = data_path
+        run_config["options"]["data_path"] = data_path
     rundir.write_json(path, rundir.CONFIG, run_config)
     rundir.write_window_spec(path, spec)
     rundir.write_json(path, rundir.RESULTS, {"accuracy": 0.71, "macro_f1": 0.62, "kappa": 0.58,
                                              "per_stage_f1": {"W": 0.9, "N1": 0.3, "N2": 0.8,
                                                               "N3": 0.7, "REM": 0.6},
                                              "confusion": [[1]], "params": 123})
-    (path / "split.json").write_text(json.dumps({"train": ["SC4001"], "val": ["SC4011"],
-                                                 "test": ["SC4021"]}))
+    split = split or {"train": ["SC400"], "val": ["SC401"], "test": ["SC402"]}
+    (path / "split.json").write_text(json.dumps(split))
     if weights:
         rundir.save_weights(path, network.state_dict())
     return path

@@ -200,11 +200,38 @@ def test_parity_report_fields():
 
 
 def test_sample_windows_random_fallback(tmp_path):
-    sample = sample_windows(tmp_path, TINY_SPEC, n_windows=5, data_path=tmp_path / "absent", seed=3)
+    run = make_run_dir(tmp_path / "run", model="tinysleepnet", data_path=str(tmp_path / "moved"))
+
+    sample = sample_windows(run, TINY_SPEC, n_windows=5, seed=3)
 
     assert sample.windows.shape == (5, 2, 3000)
     assert sample.windows.dtype == np.float32
     assert sample.labels is None
-    assert "not found" in sample.source
+    assert sample.source.startswith("random: 5 seeded normalized windows")
+    assert "moved not found" in sample.source
     assert np.abs(sample.windows).max() <= TINY_SPEC.clip
     np.testing.assert_array_equal(sample.windows, random_windows(TINY_SPEC, 5, seed=3))
+
+
+def test_missing_data_path_rejected(tmp_path):
+    with pytest.raises(SleepnasError, match=r"--data-path .*absent not found"):
+        sample_windows(tmp_path, TINY_SPEC, n_windows=5, data_path=tmp_path / "absent")
+
+
+@pytest.mark.slow
+def test_parity_on_data_set_windows(tmp_path, monkeypatch):
+    synth = pytest.importorskip("sleepnas.tools.synth")
+    monkeypatch.setenv("SLEEPNAS_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    synth.synthesize_cohort(data, subjects=3, nights=1, seed=0, hours=1.0)
+    run = make_run_dir(tmp_path / "run", model="tinysleepnet", data_path=str(data),
+                       split={"train": ["SC400"], "val": ["SC401"], "test": ["SC402"]})
+
+    report = export_run(run, tmp_path / "model.onnx", parity_windows=12)
+    sample = sample_windows(run, TINY_SPEC, n_windows=12)
+
+    assert report.parity.passed
+    assert report.parity.source.startswith(f"data set: 12 windows of the test subjects in {data}")
+    assert sample.labels is not None
+    assert sample.labels.shape == (12,)
+    assert sample.windows.shape == (12, 2, 3000)
