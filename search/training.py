@@ -450,7 +450,7 @@ class _Loop:
             state.train_seconds += time.perf_counter() - started
             state.history[-1]["seconds"] = round(time.perf_counter() - started, 3)
             self.save(state)
-            if self.interrupt.requested:
+            if self.interrupt.requested and not state.finished:
                 self._stop(state)
 
     def train_epoch(self, state: _State) -> None:
