@@ -124,7 +124,7 @@ def _fast_fft_length(n: int) -> int:
 
 def _band_noise(rng: np.random.Generator, n: int, sfreq: float, low: float, high: float,
                 exponent: float = 0.0) -> np.ndarray:
-    """Gaussian noise of unit RMS with power in ``[low, high]`` Hz falling as 1/f**exponent.
+    """Make Gaussian noise of unit RMS with power in ``[low, high]`` Hz falling as 1/f**exponent.
 
     Made in single precision, which is 16-bit EDF's resolution many times over and makes
     the inverse FFT several times faster.
@@ -233,7 +233,7 @@ def _eye_movements(rng: np.random.Generator, n: int, amplitude: tuple[float, flo
 
 def _blinks(rng: np.random.Generator, n: int) -> np.ndarray:
     t = _time_axis(0.6)
-    return rng.uniform(80.0, 200.0, size=(n, 1)) * np.exp(-0.5 * ((t - 0.2) / 0.06) ** 2)
+    return rng.uniform(50.0, 140.0, size=(n, 1)) * np.exp(-0.5 * ((t - 0.2) / 0.06) ** 2)
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ def _eeg_channels(rng: np.random.Generator, blend: _Blend, eyes_open: np.ndarray
     # High-amplitude slow waves (under 2 Hz) over the scored fraction of the window. Their
     # amplitude declines over the night as sleep pressure dissipates.
     decline = _per_sample(np.clip(1.15 - 0.04 * sleep_h, 0.8, 1.15), _PER_WINDOW, 200)
-    slow_waves = (50.0 * traits.delta_gain * decline * _gate(rng, blend.draw(rng, _DELTA_FRACTION))
+    slow_waves = (42.0 * traits.delta_gain * decline * _gate(rng, blend.draw(rng, _DELTA_FRACTION))
                   * _band_noise(rng, n, sfreq, 0.6, 1.8))
 
     # Alpha comes with eyes-closed wake, fades in S1 and is brief in REM. Open eyes block it.
@@ -420,7 +420,10 @@ def _emg_envelope(rng: np.random.Generator, blend: _Blend, traits: SubjectTraits
         if len(positions):
             twitch = np.outer(rng.uniform(0.3, 1.0, len(positions)) * size, [0.5, 1.0, 0.6, 0.2])
             _add(envelope, positions, twitch * traits.emg_gain)
-    return envelope
+
+    # The recorder's envelope saturates smoothly below the 5 uV top of the file's range.
+    knee = 3.5
+    return np.where(envelope > knee, knee + 1.4 * np.tanh((envelope - knee) / 1.4), envelope)
 
 
 def _respiration(rng: np.random.Generator, blend: _Blend, traits: SubjectTraits) -> np.ndarray:

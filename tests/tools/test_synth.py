@@ -320,7 +320,8 @@ def test_staging_not_trivial(tmp_path):
         means = np.stack([x[train & (y == k)].mean(axis=0) for k in range(5)])
         covariance = np.cov((x[train] - means[y[train]]).T) + 1e-3 * np.eye(x.shape[1])
         inverse = np.linalg.inv(covariance)
-        scores = x[test] @ inverse @ means.T - 0.5 * np.sum(means @ inverse * means, axis=1)
+        log_prior = np.log(np.bincount(y[train], minlength=5) / train.sum())
+        scores = x[test] @ inverse @ means.T - 0.5 * np.sum(means @ inverse * means, axis=1) + log_prior
         np.add.at(confusion, (y[test], scores.argmax(axis=1)), 1)
 
     accuracy = np.trace(confusion) / confusion.sum()
