@@ -10,8 +10,9 @@ Prints, for one night, the wall time and peak resident memory of
 
 Each step runs in a fresh process after its imports, so peak memory is the step's own
 (the resident size after the imports is printed too). Without ``--psg`` it writes a
-synthetic cassette night with ``sleepnas.tools.synth``; real Sleep-EDF cassette files
-span about 20 h, twice the synthetic default, and cost about twice as much.
+synthetic cassette night with ``sleepnas.tools.synth``. Real Sleep-EDF cassette files
+span about 20 h, about twice the synthetic default, so expect figures about twice as
+large (an estimate: no real PSG file was at hand to measure).
 
 Run from the repository root::
 

@@ -120,3 +120,50 @@ def cassette_dir(tmp_path: Path) -> Path:
     write_recording(folder, "SC4002E0", "H", seed=2)
     write_recording(folder, "SC4011E0", "J", seed=3)
     return tmp_path / "sleep-edf"
+
+
+def write_bdf(path: Path, duration_s: float, rates: dict[str, float], *,
+              record_s: float = WINDOW_S) -> Path:
+    """Write a BioSemi BDF file (24-bit samples) by hand, since edfio writes EDF only.
+
+    ``EEG Fpz-Cz`` gets `eeg_signal` and ``Temp rectal`` `temp_signal`; the others get
+    a 5-uV sine at a tenth of their rate.
+    """
+    n_records = int(round(duration_s / record_s))
+    names = list(rates)
+    samples = [int(round(rates[name] * record_s)) for name in names]
+    physical = (-1000.0, 1000.0)
+    digital = (-8388608, 8388607)
+    gain = (physical[1] - physical[0]) / (digital[1] - digital[0])
+
+    def text(value, width: int) -> bytes:
+        return str(value).encode("ascii").ljust(width)[:width]
+
+    header = (b"\xffBIOSEMI" + text("X X X X", 80) + text("Startdate 01-JAN-2000 X X X", 80)
+              + text("01.01.00", 8) + text("22.10.00", 8) + text(256 * (len(names) + 1), 8)
+              + text("24BIT", 44) + text(n_records, 8) + text(f"{record_s:g}", 8)
+              + text(len(names), 4))
+    columns = [
+        ([text(n, 16) for n in names]), [text("", 80)] * len(names),
+        [text("degC" if n == "Temp rectal" else "uV", 8) for n in names],
+        [text(physical[0], 8)] * len(names), [text(physical[1], 8)] * len(names),
+        [text(digital[0], 8)] * len(names), [text(digital[1], 8)] * len(names),
+        [text("", 80)] * len(names), [text(s, 8) for s in samples], [text("", 32)] * len(names),
+    ]
+    header += b"".join(b"".join(column) for column in columns)
+
+    signals = []
+    for name, n in zip(names, samples):
+        t_s = np.arange(n * n_records) / rates[name]
+        if name == "EEG Fpz-Cz":
+            values = eeg_signal(t_s)
+        elif name == "Temp rectal":
+            values = temp_signal(t_s)
+        else:
+            values = 5.0 * np.sin(2 * np.pi * rates[name] / 10 * t_s)
+        digits = np.round((values - physical[0]) / gain + digital[0]).astype("<i4")
+        signals.append(digits.reshape(n_records, n))
+    records = np.concatenate(signals, axis=1)
+    data = records.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    path.write_bytes(header + data)
+    return path

@@ -27,6 +27,7 @@ from tests.edffiles import (
     cassette_dir,  # noqa: F401  (fixture)
     eeg_signal,
     temp_signal,
+    write_bdf,
     write_hypnogram,
     write_psg,
     write_recording,
@@ -117,6 +118,31 @@ def test_generic_recordings_give_windows(tmp_path):
                                                trim_wake_min=2.0)
     assert labels.tolist() == SHORT_NIGHT_LABELS
     assert onsets.tolist() == SHORT_NIGHT_ONSETS
+
+
+def test_bdf_recording_windows(tmp_path):
+    write_bdf(tmp_path / "night.bdf", 1020, {"EEG Fpz-Cz": 100, "EMG": 200, "Temp rectal": 1})
+    (tmp_path / "night.txt").write_text("".join(
+        f"{onset},{duration},{text}\n" for onset, duration, text in _table_rows(SHORT_NIGHT)))
+    (recording,) = find_recordings(tmp_path)
+    assert recording.hypnogram.name == "night.txt"
+    spec = WindowSpec(channels=("EEG Fpz-Cz", "EMG submental", "Temp rectal"))
+    windows, labels, onsets = load_recording_windows(recording, spec, trim_wake_min=2.0)
+    assert windows.shape == (len(SHORT_NIGHT_LABELS), 3, 3000)
+    assert labels.tolist() == SHORT_NIGHT_LABELS
+    medians_uv = np.median(windows[:, 0, :], axis=1) * 1e6
+    np.testing.assert_allclose(medians_uv, onsets / 30.0, atol=0.05)
+    t_s = onsets[:, None] + np.arange(3000) / 100.0
+    # The 200-Hz EMG, a 20-Hz sine of 5 uV, keeps its RMS after downsampling to 100 Hz.
+    np.testing.assert_allclose(windows[:, 1, :].std(axis=1) * 1e6, 5.0 / np.sqrt(2), atol=0.01)
+    np.testing.assert_allclose(windows[:, 2, :], temp_signal(t_s), atol=1e-3)
+
+
+def _table_rows(stages):
+    onset = 0
+    for text, duration in stages:
+        yield onset, duration, text
+        onset += duration
 
 
 def test_single_psg_path(cassette_dir):
