@@ -78,8 +78,8 @@ def score(model_path: Path, recordings: tuple[Path, ...], output_dir: Path | Non
 
     lights = (None if lights_off is None else parse_lights(lights_off, "--lights-off"),
               None if lights_on is None else parse_lights(lights_on, "--lights-on"))
-    check_output_dir(output_dir)
     model = load_model(model_path, threads=threads, providers=provider)
+    check_output_dir(output_dir)
     logger.debug("model %s: %s, channels %s", model.path.name, model.spec.scheme,
                 ", ".join(model.spec.channels))
     _score_files(model, recordings, output_dir, batch_size=batch_size, plot=plot,
