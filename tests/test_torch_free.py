@@ -26,7 +26,7 @@ _BLOCK_TORCH = textwrap.dedent("""
     sys.meta_path.insert(0, BlockTorch())
 """)
 
-RUNTIME_MODULES = ["channels", "edf", "errors", "metrics", "recordings", "spec", "splits",
+RUNTIME_MODULES = ["channels", "edf", "errors", "metrics", "recordings", "signals", "spec", "splits",
                    "stages", "store", "utils"]
 
 
