@@ -32,6 +32,9 @@ MANIFEST_FORMAT = 1
 TABLE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 
+#: Clocks a run can be timed with; see `time_session`.
+CLOCKS = ("wall", "cpu")
+
 # onnxruntime's type strings of the inputs we can fill with random data.
 _NUMPY_TYPES = {
     "tensor(float)": np.float32,
@@ -60,11 +63,13 @@ class TimingResult:
     batch_size : int
         Windows per run.
     latencies_ms : tuple of float
-        Wall-clock time of each timed run, in milliseconds, warm-up runs excluded.
+        Time of each timed run on ``clock``, in milliseconds, warm-up runs excluded.
     cold_start_ms : float
         Time to create the session (load, optimize and allocate), in milliseconds.
     warmup : int
         Untimed runs before the timed ones.
+    clock : str
+        ``"wall"`` or ``"cpu"``; see `time_session`.
     """
 
     path: str
@@ -73,6 +78,7 @@ class TimingResult:
     latencies_ms: tuple[float, ...] = field(repr=False)
     cold_start_ms: float
     warmup: int
+    clock: str = "wall"
 
     def percentile_ms(self, q: float) -> float:
         """Return the ``q``-th percentile (0-100) of the run latencies, in milliseconds."""
@@ -195,32 +201,58 @@ def random_inputs(session: ort.InferenceSession, batch_size: int = 1,
     return feed
 
 
+def check_clock(clock: str, threads: int) -> str:
+    """Return ``clock`` if it is valid for ``threads`` threads, else raise a `SleepnasError`."""
+    if clock not in CLOCKS:
+        raise SleepnasError(f"invalid clock {clock!r}: expected one of {', '.join(CLOCKS)}")
+    if clock == "cpu" and threads != 1:
+        raise SleepnasError(f"invalid clock 'cpu' with {threads} threads: the CPU clock counts "
+                            "the calling thread only, so it needs --threads 1")
+    return clock
+
+
 def time_session(session: ort.InferenceSession, feed: Mapping[str, np.ndarray], *,
-                 warmup: int = 10, repeats: int = 100) -> list[float]:
+                 warmup: int = 10, repeats: int = 100, clock: str = "wall") -> list[float]:
     """Run ``session`` ``warmup`` times untimed, then ``repeats`` times timed.
+
+    Parameters
+    ----------
+    session : onnxruntime.InferenceSession
+    feed : mapping of str to ndarray
+        The inputs.
+    warmup, repeats : int
+        Untimed runs, then timed runs.
+    clock : {"wall", "cpu"}
+        ``"wall"`` is the latency a user sees. ``"cpu"`` is the CPU time of the
+        calling thread, which leaves out the time other processes hold the core, so
+        it is steadier on a shared machine. It is meaningful only for a session
+        with one intra-op thread, which runs every kernel in the calling thread.
 
     Returns
     -------
     list of float
-        Wall-clock latency of each timed run in milliseconds.
+        Latency of each timed run in milliseconds.
     """
     warmup = _check_count("warmup", warmup, 0)
     repeats = _check_count("repeats", repeats, 1)
+    if clock not in CLOCKS:
+        raise SleepnasError(f"invalid clock {clock!r}: expected one of {', '.join(CLOCKS)}")
+    now_ns = time.perf_counter_ns if clock == "wall" else time.thread_time_ns
     feed = dict(feed)
     for _ in range(warmup):
         session.run(None, feed)
 
     latencies_ms = []
     for _ in range(repeats):
-        start = time.perf_counter_ns()
+        start = now_ns()
         session.run(None, feed)
-        latencies_ms.append((time.perf_counter_ns() - start) / 1e6)
+        latencies_ms.append((now_ns() - start) / 1e6)
     return latencies_ms
 
 
 def time_model(path: str | os.PathLike, *, threads: int = 1, batch_size: int = 1,
                warmup: int = 10, repeats: int = 100, seed: int = 0,
-               providers: Sequence[str] | None = None) -> TimingResult:
+               providers: Sequence[str] | None = None, clock: str = "wall") -> TimingResult:
     """Time one ONNX file: session creation, then warm-up runs, then timed runs.
 
     Parameters
@@ -237,20 +269,24 @@ def time_model(path: str | os.PathLike, *, threads: int = 1, batch_size: int = 1
         Seed of the random input.
     providers : sequence of str, optional
         Execution providers; default CPU.
+    clock : {"wall", "cpu"}
+        Clock of the timed runs (see `time_session`); ``"cpu"`` needs ``threads=1``.
+        Session creation is always timed on the wall clock.
 
     Returns
     -------
     TimingResult
     """
+    check_clock(clock, threads)
     start = time.perf_counter_ns()
     session = make_session(path, threads, providers)
     cold_start_ms = (time.perf_counter_ns() - start) / 1e6
 
     feed = random_inputs(session, batch_size, seed)
-    latencies_ms = time_session(session, feed, warmup=warmup, repeats=repeats)
+    latencies_ms = time_session(session, feed, warmup=warmup, repeats=repeats, clock=clock)
     return TimingResult(path=str(path), threads=int(threads), batch_size=int(batch_size),
                         latencies_ms=tuple(latencies_ms), cold_start_ms=cold_start_ms,
-                        warmup=int(warmup))
+                        warmup=int(warmup), clock=clock)
 
 
 def device_name() -> str:
@@ -267,12 +303,16 @@ def device_name() -> str:
     return f"{platform.system()} {name}".strip() or "unknown"
 
 
-def table_key(device: str, ort_version: str, threads: int) -> str:
-    """Return the cache key of a latency table: device, onnxruntime version and threads."""
+def table_key(device: str, ort_version: str, threads: int, clock: str = "wall") -> str:
+    """Return the cache key of a latency table: device, onnxruntime version, threads and clock.
+
+    The wall clock, the default, adds nothing to the key.
+    """
     safe_device = "".join(c if c.isalnum() else "-" for c in device).strip("-").lower()
     while "--" in safe_device:
         safe_device = safe_device.replace("--", "-")
-    return f"{safe_device or 'unknown'}__ort-{ort_version}__t{threads}"
+    suffix = "" if clock == "wall" else f"__{clock}"
+    return f"{safe_device or 'unknown'}__ort-{ort_version}__t{threads}{suffix}"
 
 
 def read_manifest(op_dir: str | os.PathLike) -> dict[str, Any]:
@@ -318,7 +358,8 @@ def read_manifest(op_dir: str | os.PathLike) -> dict[str, Any]:
 
 def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int = 20,
                    repeats: int = 100, keys: Sequence[str] | None = None,
-                   calibrate: bool = True, show_progress: bool | None = None) -> dict[str, Any]:
+                   calibrate: bool = True, clock: str = "wall",
+                   show_progress: bool | None = None) -> dict[str, Any]:
     """Time every op model of a folder written by ``cost export-ops`` into a latency table.
 
     Each model runs at batch 1 in its own session; its latency is the median of
@@ -340,6 +381,8 @@ def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int =
         Time only these entries (to fill the gaps of a cached table).
     calibrate : bool
         Time the calibration networks too.
+    clock : {"wall", "cpu"}
+        Clock of the timed runs; see `time_session`.
     show_progress : bool, optional
         Force the progress bar on or off; default follows the CLI verbosity.
 
@@ -347,11 +390,12 @@ def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int =
     -------
     dict
         The table as JSON-ready values: ``format``, ``device``, ``onnxruntime``,
-        ``threads``, ``batch_size``, ``warmup``, ``repeats``, ``run_overhead_ms``,
+        ``threads``, ``clock``, ``batch_size``, ``warmup``, ``repeats``, ``run_overhead_ms``,
         ``latency_ms`` (entry key -> median milliseconds) and ``calibrations`` (per
         network: ``network_id``, the ``keys`` of each sample and its ``measured_ms``).
     """
     threads = _check_count("threads", threads, 1)
+    check_clock(clock, threads)
     op_dir = Path(op_dir)
     manifest = read_manifest(op_dir)
     entries = manifest["entries"]
@@ -372,8 +416,8 @@ def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int =
     measured: dict[str, list[float]] = {}
     for kind, name, file in progress(jobs, desc="timing op models", unit="model",
                                      enabled=show_progress):
-        p50_ms = time_model(op_dir / file, threads=threads, batch_size=1,
-                            warmup=warmup, repeats=repeats).p50_ms
+        p50_ms = time_model(op_dir / file, threads=threads, batch_size=1, warmup=warmup,
+                            repeats=repeats, clock=clock).p50_ms
         logger.debug("%s %s (%s): %.4f ms", kind, name, file, p50_ms)
         if kind == "op":
             latency_ms[name] = p50_ms
@@ -387,6 +431,7 @@ def measure_op_dir(op_dir: str | os.PathLike, threads: int = 1, *, warmup: int =
         "device": device_name(),
         "onnxruntime": ort.__version__,
         "threads": threads,
+        "clock": clock,
         "batch_size": 1,
         "warmup": warmup,
         "repeats": repeats,

@@ -1,0 +1,146 @@
+"""``sleepnas cost``: build, measure and check the latency table of a network.
+
+``export-ops``, ``build`` and ``check`` need torch; ``measure`` runs with the base
+install only, so the table can be measured on a device without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+logger = logging.getLogger(__name__)
+
+_PRESET_HELP = "Network preset (`default` or `small`)."
+_THREADS_HELP = "onnxruntime intra-op threads the latencies are measured with."
+_CLOCK_HELP = ("Clock of the timed runs: `wall` (the latency a user sees) or `cpu` (CPU time of "
+               "the calling thread, steadier on a busy shared machine; needs --threads 1).")
+
+
+def _clock_option(function):
+    return click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall",
+                        show_default=True, help=_CLOCK_HELP)(function)
+
+
+@click.group()
+def cost() -> None:
+    """Latency table and cost model of a network (FLOPs and latency per op)."""
+
+
+@cost.command("export-ops")
+@click.option("--preset", default="default", show_default=True, help=_PRESET_HELP)
+@click.option("--calibration-samples", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Random whole networks exported too, to fit the correction of the prediction.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the calibration genotypes.")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def export_ops(preset: str, calibration_samples: int, seed: int, out_dir: Path) -> None:
+    """Write every op model of a network to OUT_DIR as ONNX files, with a manifest.
+
+    Copy OUT_DIR to the device and run `sleepnas cost measure` there.
+    """
+    from sleepnas.search.latency import export_op_models
+    from sleepnas.search.network import network_config
+
+    config = network_config(preset)
+    manifest = export_op_models(config, out_dir, calibration_samples=calibration_samples,
+                                seed=seed)
+    click.echo(f"wrote {manifest}")
+
+
+@cost.command()
+@click.argument("op_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Latency table to write (JSON).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help=_THREADS_HELP)
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Untimed runs per model.")
+@click.option("--repeats", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Timed runs per model; the latency is their median.")
+@_clock_option
+def measure(op_dir: Path, output: Path, threads: int, warmup: int, repeats: int,
+            clock: str) -> None:
+    """Time the op models in OP_DIR (from `cost export-ops`) and write the latency table.
+
+    Needs only the base install (no torch).
+    """
+    from sleepnas.runtime.timing import measure_op_dir
+    from sleepnas.runtime.utils import atomic_write_json
+
+    table = measure_op_dir(op_dir, threads, warmup=warmup, repeats=repeats, clock=clock)
+    atomic_write_json(output, table)
+    click.echo(f"wrote {output}: {len(table['latency_ms'])} entries measured on "
+               f"{table['device']} with {threads} thread(s)")
+
+
+@cost.command()
+@click.option("--preset", default="default", show_default=True, help=_PRESET_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help=_THREADS_HELP)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder; default $SLEEPNAS_CACHE or ~/.cache/sleepnas.")
+@click.option("--rebuild", is_flag=True, help="Measure every entry again, ignoring the cache.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table to this file.")
+@_clock_option
+def build(preset: str, threads: int, cache_dir: Path | None, rebuild: bool,
+          output: Path | None, clock: str) -> None:
+    """Export and time the op models of a network on this machine (both halves at once).
+
+    The table is cached under the cache folder; only missing entries are measured.
+    """
+    from sleepnas.search.latency import build_latency_table
+    from sleepnas.search.network import network_config
+
+    config = network_config(preset)
+    table, path = build_latency_table(config, threads=threads, cache_dir=cache_dir,
+                                      rebuild=rebuild, clock=clock)
+    if output is not None:
+        table.save(output)
+    click.echo(f"latency table {path}: {len(table)} entries")
+
+
+@cost.command()
+@click.option("--samples", type=click.IntRange(min=2), default=30, show_default=True,
+              help="Random genotypes to export, measure and compare with the prediction.")
+@click.option("--preset", default="default", show_default=True, help=_PRESET_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help=_THREADS_HELP)
+@click.option("--seed", type=int, default=1000, show_default=True,
+              help="Seed of the sampled genotypes.")
+@click.option("--latency-table", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Latency table to check, measured on this machine; its thread "
+              "count and clock then replace --threads and --clock. Default: build or reuse the "
+              "cached table.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder; default $SLEEPNAS_CACHE or ~/.cache/sleepnas.")
+@_clock_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def check(samples: int, preset: str, threads: int, seed: int, latency_table: Path | None,
+          cache_dir: Path | None, clock: str, as_json: bool) -> None:
+    """Compare predicted and measured latency of random genotypes of a network.
+
+    Reports the Spearman rank correlation and the median absolute percentage error.
+    """
+    from sleepnas.search.cost import LatencyTable
+    from sleepnas.search.latency import build_latency_table, check_cost_model
+    from sleepnas.search.network import network_config
+
+    config = network_config(preset)
+    if latency_table is not None:
+        table = LatencyTable.load(latency_table)
+    else:
+        table, _ = build_latency_table(config, threads=threads, cache_dir=cache_dir, clock=clock)
+    report = check_cost_model(config, table, samples=samples, seed=seed)
+
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"samples:                      {report['samples']}")
+    click.echo(f"Spearman rank correlation:    {report['spearman']:.3f}")
+    click.echo(f"median absolute error:        {report['median_abs_pct_error']:.1f} %")
+    click.echo(f"measured latency (median):    {report['measured_median_ms']:.3f} ms")
