@@ -158,10 +158,10 @@ class SearchConfig:
             object.__setattr__(self, "ops", tuple(self.ops))
         check_option("--strategy", self.strategy, STRATEGIES)
         check_option("--device", self.device, ("auto", "cpu", "cuda"))
-        for name in ("batch_size", "w_lr", "alpha_lr", "num_epochs", "print_freq", "n_times",
-                     "partial_channels"):
+        for name in ("batch_size", "w_lr", "alpha_lr", "num_epochs", "n_times", "partial_channels"):
             check_positive(f"--{name.replace('_', '-')}", getattr(self, name))
         check_positive("--final-train-epochs", self.final_train_epochs, allow_zero=True)
+        check_positive("--print-freq", self.print_freq, allow_zero=True)
         check_positive("--latency-weight", self.latency_weight, allow_zero=True)
         check_positive("--flops-weight", self.flops_weight, allow_zero=True)
         check_budget("--latency-budget-ms", self.latency_budget_ms)
@@ -501,7 +501,7 @@ class SearchStrategy:
     def _start(self, run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Write or check ``config.json``; return the finished search summary or the search checkpoint."""
         config = self.config
-        options = {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE_KEYS}
+        options = config.to_dict()
         if not self.resume:
             rundir.write_json(run_dir, rundir.CONFIG, {
                 "model": "genotype", "network": config.network_config().to_dict(),
@@ -540,7 +540,7 @@ class SearchStrategy:
         from sleepnas.search.final import count_flops, count_params, train_run
 
         config = self.config
-        options = {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE_KEYS}
+        options = config.to_dict()
         if config.final_train_epochs == 0:
             from sleepnas.search.models import create_model
 
