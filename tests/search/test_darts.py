@@ -183,3 +183,70 @@ def test_penalty_moves_alphas_to_cheap_ops():
         with torch.no_grad():
             results[weight] = float(cost.expected_latency_ms(*model.arch_parameters()))
     assert results[10.0] < results[0.0]
+
+
+@pytest.mark.slow
+def test_latency_weight_lowers_predicted_latency(tmp_path, monkeypatch):
+    from sleepnas.search.cost import CostModel
+    from sleepnas.search.strategy import SearchConfig, make_strategy
+    from tests.searchtools import TINY_OPTIONS, fake_cohort_loader, fixed_latency_table
+
+    monkeypatch.setattr("sleepnas.runtime.store.load_cohort", fake_cohort_loader())
+    monkeypatch.setenv("SLEEPNAS_PROGRESS", "0")
+    op_ms = {"conv_1x1": 2.0, "conv_3x1": 5.0, "max_pool_3x1": 0.5, "identity": 0.1}
+    predicted = {}
+    for weight in (0.0, 50.0):
+        config = SearchConfig(data_path=str(tmp_path), save_dir=str(tmp_path / f"w{weight}"),
+                              **{**TINY_OPTIONS, "n_times": 1000, "num_epochs": 1, "alpha_lr": 0.05,
+                                 "latency_weight": weight, "collapse_guard": "off"})
+        network = config.network_config()
+        cost_model = CostModel(network, fixed_latency_table(network, op_ms))
+        result = make_strategy(config, cost_model=cost_model, measure_latency=False).run()
+        predicted[weight] = cost_model.genotype_latency_ms(result.genotype)
+    assert predicted[50.0] < predicted[0.0]
+    # More than one conv_3x1 edge (5 ms) saved, not a rounding difference.
+    assert predicted[50.0] < predicted[0.0] - 5.0
+
+
+def test_collapse_guard_caps_and_logs(caplog):
+    from sleepnas.search.collapse import CollapseGuard, parameter_free_count
+    from sleepnas.search.ops import OP_NAMES
+
+    alphas = torch.zeros(14, len(OP_NAMES))
+    alphas[:, OP_NAMES.index("identity")] = 3.0
+    alphas[:, OP_NAMES.index("max_pool_3x1")] = 2.0
+    alphas[:, OP_NAMES.index("conv_3x1")] = 1.0
+    with caplog.at_level("INFO", logger="sleepnas"):
+        genotype = CollapseGuard(OP_NAMES, 4, max_parameter_free=2).derive(alphas, alphas)
+    assert parameter_free_count(genotype.normal) == 2
+    assert parameter_free_count(genotype.reduce) == 2
+    assert [op for op, _ in genotype.normal].count("conv_3x1") == 6
+    assert "collapse guard: normal cell had 8 parameter-free ops, capped to 2" in caplog.text
+
+    plain = CollapseGuard(OP_NAMES, 4, mode="off").derive(alphas, alphas)
+    assert parameter_free_count(plain.normal) == 8
+
+
+def test_collapse_guard_stops_and_logs(caplog):
+    from sleepnas.search.collapse import CollapseGuard
+    from sleepnas.search.ops import OP_NAMES
+
+    alphas = torch.zeros(14, len(OP_NAMES))
+    alphas[:, OP_NAMES.index("identity")] = 3.0
+    guard = CollapseGuard(OP_NAMES, 4, max_parameter_free=2, mode="stop")
+    genotype = guard.derive(alphas, alphas)
+    with caplog.at_level("WARNING", logger="sleepnas"):
+        assert guard.should_stop(genotype)
+    assert "stopping the search early" in caplog.text
+    assert not guard.should_stop(CollapseGuard(OP_NAMES, 4).derive(alphas, alphas))
+
+
+def test_collapse_guard_leaves_healthy_cells():
+    from sleepnas.search.collapse import CollapseGuard
+    from sleepnas.search.genotype import derive
+    from sleepnas.search.ops import OP_NAMES
+
+    alphas = torch.zeros(14, len(OP_NAMES))
+    alphas[:, OP_NAMES.index("sep_conv_3x1")] = 2.0
+    alphas[0, OP_NAMES.index("identity")] = 4.0
+    assert CollapseGuard(OP_NAMES, 4).derive(alphas, alphas) == derive(alphas, alphas, OP_NAMES, 4)
