@@ -66,6 +66,11 @@ def _op_models(config: NetworkConfig) -> list[_OpModel]:
     return list(models.values())
 
 
+def table_keys(config: NetworkConfig) -> list[str]:
+    """Return the keys a latency table needs for ``config``: fixed parts, then every op shape."""
+    return [model.key for model in _op_models(config)]
+
+
 def _file_name(key: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in key) + ".onnx"
 
@@ -209,7 +214,7 @@ def build_latency_table(config: NetworkConfig, *, threads: int = 1,
     check_clock(clock, threads)
     path = table_path(threads, cache_dir, clock)
     cached = None if rebuild else _load_cached(path)
-    needed = [model.key for model in _op_models(config)]
+    needed = table_keys(config)
     missing = needed if cached is None else cached.missing(needed)
     calibrate = calibration_samples > 0 and (
         cached is None or cached.calibration(network_id(config)) is None)

@@ -14,10 +14,37 @@ import click
 
 logger = logging.getLogger(__name__)
 
-_PRESET_HELP = "Network preset (`default` or `small`)."
+_PRESET_HELP = "Network preset (`default` or `small`); the options below override its shape."
 _THREADS_HELP = "onnxruntime intra-op threads the latencies are measured with."
 _CLOCK_HELP = ("Clock of the timed runs: `wall` (the latency a user sees) or `cpu` (CPU time of "
                "the calling thread, steadier on a busy shared machine; needs --threads 1).")
+
+
+def _network_options(function):
+    """Add --preset and the options that override a preset's network shape."""
+    options = [
+        click.option("--preset", default="default", show_default=True, help=_PRESET_HELP),
+        click.option("--init-channels", type=int, default=None,
+                     help="Channels of the first cells (even); default from the preset."),
+        click.option("--num-cells", type=int, default=None,
+                     help="Cells in the network; default from the preset."),
+        click.option("--num-nodes", type=int, default=None,
+                     help="Intermediate nodes per cell; default from the preset."),
+        click.option("--ops", default=None,
+                     help="Comma-separated op subset, such as conv_3x1,lstm; default: all 14 ops."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _network_config(preset: str, init_channels: int | None, num_cells: int | None,
+                    num_nodes: int | None, ops: str | None):
+    from sleepnas.search.network import network_config
+    from sleepnas.search.ops import check_ops
+
+    return network_config(preset, init_channels=init_channels, num_cells=num_cells,
+                          num_nodes=num_nodes, ops=check_ops(ops) if ops is not None else None)
 
 
 def _clock_option(function):
@@ -31,21 +58,22 @@ def cost() -> None:
 
 
 @cost.command("export-ops")
-@click.option("--preset", default="default", show_default=True, help=_PRESET_HELP)
+@_network_options
 @click.option("--calibration-samples", type=click.IntRange(min=0), default=8, show_default=True,
               help="Random whole networks exported too, to fit the correction of the prediction.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the calibration genotypes.")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-def export_ops(preset: str, calibration_samples: int, seed: int, out_dir: Path) -> None:
+def export_ops(preset: str, init_channels: int | None, num_cells: int | None,
+               num_nodes: int | None, ops: str | None, calibration_samples: int, seed: int,
+               out_dir: Path) -> None:
     """Write every op model of a network to OUT_DIR as ONNX files, with a manifest.
 
     Copy OUT_DIR to the device and run `sleepnas cost measure` there.
     """
     from sleepnas.search.latency import export_op_models
-    from sleepnas.search.network import network_config
 
-    config = network_config(preset)
+    config = _network_config(preset, init_channels, num_cells, num_nodes, ops)
     manifest = export_op_models(config, out_dir, calibration_samples=calibration_samples,
                                 seed=seed)
     click.echo(f"wrote {manifest}")
@@ -78,7 +106,7 @@ def measure(op_dir: Path, output: Path, threads: int, warmup: int, repeats: int,
 
 
 @cost.command()
-@click.option("--preset", default="default", show_default=True, help=_PRESET_HELP)
+@_network_options
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help=_THREADS_HELP)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -87,16 +115,16 @@ def measure(op_dir: Path, output: Path, threads: int, warmup: int, repeats: int,
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table to this file.")
 @_clock_option
-def build(preset: str, threads: int, cache_dir: Path | None, rebuild: bool,
+def build(preset: str, init_channels: int | None, num_cells: int | None, num_nodes: int | None,
+          ops: str | None, threads: int, cache_dir: Path | None, rebuild: bool,
           output: Path | None, clock: str) -> None:
     """Export and time the op models of a network on this machine (both halves at once).
 
     The table is cached under the cache folder; only missing entries are measured.
     """
     from sleepnas.search.latency import build_latency_table
-    from sleepnas.search.network import network_config
 
-    config = network_config(preset)
+    config = _network_config(preset, init_channels, num_cells, num_nodes, ops)
     table, path = build_latency_table(config, threads=threads, cache_dir=cache_dir,
                                       rebuild=rebuild, clock=clock)
     if output is not None:
@@ -107,7 +135,7 @@ def build(preset: str, threads: int, cache_dir: Path | None, rebuild: bool,
 @cost.command()
 @click.option("--samples", type=click.IntRange(min=2), default=30, show_default=True,
               help="Random genotypes to export, measure and compare with the prediction.")
-@click.option("--preset", default="default", show_default=True, help=_PRESET_HELP)
+@_network_options
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help=_THREADS_HELP)
 @click.option("--seed", type=int, default=1000, show_default=True,
@@ -120,17 +148,17 @@ def build(preset: str, threads: int, cache_dir: Path | None, rebuild: bool,
               help="Cache folder; default $SLEEPNAS_CACHE or ~/.cache/sleepnas.")
 @_clock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def check(samples: int, preset: str, threads: int, seed: int, latency_table: Path | None,
-          cache_dir: Path | None, clock: str, as_json: bool) -> None:
+def check(samples: int, preset: str, init_channels: int | None, num_cells: int | None,
+          num_nodes: int | None, ops: str | None, threads: int, seed: int,
+          latency_table: Path | None, cache_dir: Path | None, clock: str, as_json: bool) -> None:
     """Compare predicted and measured latency of random genotypes of a network.
 
     Reports the Spearman rank correlation and the median absolute percentage error.
     """
     from sleepnas.search.cost import LatencyTable
     from sleepnas.search.latency import build_latency_table, check_cost_model
-    from sleepnas.search.network import network_config
 
-    config = network_config(preset)
+    config = _network_config(preset, init_channels, num_cells, num_nodes, ops)
     if latency_table is not None:
         table = LatencyTable.load(latency_table)
     else:
