@@ -83,6 +83,10 @@ class ReLUConvBN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
 
+    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the op to an input that has already been through ReLU."""
+        return self.op[2](self.op[1](x))
+
 
 class DilConv(nn.Module):
     """ReLU, a depthwise (dilated) convolution, a pointwise convolution and batch norm."""
@@ -102,6 +106,10 @@ class DilConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
 
+    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the op to an input that has already been through ReLU."""
+        return self.op[3](self.op[2](self.op[1](x)))
+
 
 class SepConv(nn.Module):
     """Two depthwise-separable blocks, the first one strided, as the DARTS ``sep_conv`` op."""
@@ -116,6 +124,10 @@ class SepConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
+
+    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the op to an input that has already been through ReLU."""
+        return self.op[1](self.op[0].forward_after_relu(x))
 
 
 class FactorizedReduce(nn.Module):
@@ -133,7 +145,10 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm1d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+        return self.forward_after_relu(self.relu(x))
+
+    def forward_after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the op to an input that has already been through ReLU."""
         shifted = F.pad(x, (0, 1))[:, :, 1:]
         out = torch.cat([self.conv_even(x), self.conv_odd(shifted)], dim=1)
         return self.bn(out)

@@ -42,7 +42,8 @@ class MixedOp(nn.Module):
     """The softmax-weighted sum of every op of an edge, on ``C / partial_channels`` channels.
 
     Ops use batch norm without affine parameters, and pooling ops are followed by
-    one, as in DARTS.
+    one, as in DARTS. The ops that start with a ReLU share one ReLU of the input,
+    so autograd keeps one copy of it instead of one per op.
     """
 
     def __init__(self, channels: int, stride: int, ops: tuple[str, ...], partial_channels: int = 1) -> None:
@@ -56,17 +57,24 @@ class MixedOp(nn.Module):
             if name in POOLING_OPS:
                 op = nn.Sequential(op, nn.BatchNorm1d(width, affine=False))
             self.ops.append(op)
+        self.after_relu = [hasattr(op, "forward_after_relu") for op in self.ops]
         self.bypass_pool = nn.MaxPool1d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.partial_channels == 1:
-            return sum(w * op(x) for w, op in zip(weights, self.ops))
+            return self._mix(x, weights)
 
         width = x.shape[1] // self.partial_channels
         active, bypass = x[:, :width], x[:, width:]
-        out = sum(w * op(active) for w, op in zip(weights, self.ops))
-        out = torch.cat([out, self.bypass_pool(bypass)], dim=1)
+        out = torch.cat([self._mix(active, weights), self.bypass_pool(bypass)], dim=1)
         return channel_shuffle(out, self.partial_channels)
+
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        relu_x = F.relu(x) if any(self.after_relu) else None
+        out = 0
+        for w, op, after_relu in zip(weights, self.ops, self.after_relu):
+            out = out + w * (op.forward_after_relu(relu_x) if after_relu else op(x))
+        return out
 
 
 class SupernetCell(nn.Module):
