@@ -217,11 +217,12 @@ def main() -> None:
         for label, run in (("read EDF with MNE alone (preload)", mne_only),
                            ("sleepnas score (whole command)", scoring)):
             print(f"{label:40s}{run['cold_s']:13.2f}{run['warm_s']:14.2f}{run['peak_mb']:13.0f}")
-        print(f"{'cost beyond reading (difference)':40s}{scoring['cold_s'] - mne_only['cold_s']:13.2f}"
+        print(f"{'difference (score - MNE read)':40s}{scoring['cold_s'] - mne_only['cold_s']:13.2f}"
               f"{scoring['warm_s'] - mne_only['warm_s']:14.2f}"
               f"{scoring['peak_mb'] - mne_only['peak_mb']:13.0f}")
-        print(f"inside one process: read_signals {parts['read_s']:.2f} s, normalize + model + flags "
-              f"{parts['score_s']:.2f} s, write CSV/EDF+/JSON {parts['write_s']:.2f} s")
+        print(f"inside one process: read_signals {parts['read_s']:.2f} s; beyond reading, normalize "
+              f"+ model + flags {parts['score_s']:.2f} s and write CSV/EDF+/JSON "
+              f"{parts['write_s']:.2f} s")
         print(f"model alone: {batch_rate:,.0f} windows/s at batch {args.batch_size}, "
               f"{single_rate:,.0f} windows/s at batch 1 ({args.threads} thread(s))")
 
