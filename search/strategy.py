@@ -450,10 +450,21 @@ class SearchStrategy:
     def run(self) -> SearchResult:
         """Search, train the winner and write the run directory; return the result."""
         config = self.config
+        data = None
+        if not self.resume:
+            # Check every input before the run directory is made, so a rejected run leaves no files.
+            if config.save_dir is not None:
+                existing = Path(config.save_dir)
+                if (existing / rundir.CONFIG).exists() or (existing / rundir.CHECKPOINT).exists():
+                    rundir.create_run_dir(existing)
+            config.network_config()
+            if config.latency_table or config.latency_weight > 0:
+                self.cost_model()
+            data = load_search_data(config)
         run_dir = rundir.create_run_dir(config.save_dir, prefix=config.strategy, resume=self.resume)
         handler = rundir.add_log_file(run_dir)
         try:
-            return self._run_in(run_dir)
+            return self._run_in(run_dir, data)
         except KeyboardInterrupt:
             logger.warning("search interrupted: continue it with sleepnas search --resume %s", run_dir)
             raise
@@ -465,15 +476,16 @@ class SearchStrategy:
             logging.getLogger("sleepnas").removeHandler(handler)
             handler.close()
 
-    def _run_in(self, run_dir: Path) -> SearchResult:
+    def _run_in(self, run_dir: Path, data: SearchData | None) -> SearchResult:
         from sleepnas.search.genotype import Genotype
         from sleepnas.search.training import resolve_device
 
         config = self.config
         net = config.network_config()
         summary, checkpoint = self._start(run_dir)
-        split = summary["split"] if summary else (checkpoint or {}).get("split")
-        data = load_search_data(config, split)
+        if data is None:
+            split = summary["split"] if summary else (checkpoint or {}).get("split")
+            data = load_search_data(config, split)
         rundir.write_json(run_dir, rundir.SPLIT, data.split)
         rundir.write_window_spec(run_dir, data.final.spec)
 

@@ -59,7 +59,7 @@ _NOT_FIELDS = ("resume", "input_channels", "num_classes")
 @_option("--input-channels", "input_channels", type=click.IntRange(min=1), default=None,
          help="Number of input channels; must equal the number of --channels names.")
 @_option("--input-length", "input_length", type=click.IntRange(min=32), default=3000,
-         help="Samples per 30-s window at 100 Hz.")
+         help="Samples per window at 100 Hz (3000 = 30 s).")
 @_option("--scheme", type=click.Choice(["aasm5", "rk7"]), default=None,
          help="Stage scheme; default aasm5.")
 @_option("--num-classes", "num_classes", type=click.Choice(["5", "7"]), default=None,
