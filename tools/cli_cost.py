@@ -47,6 +47,21 @@ def _network_config(preset: str, init_channels: int | None, num_cells: int | Non
                           num_nodes=num_nodes, ops=check_ops(ops) if ops is not None else None)
 
 
+def _runs_options(function):
+    """Add --warmup and --repeats, the runs of each timed model."""
+    function = click.option("--repeats", type=click.IntRange(min=1), default=100,
+                            show_default=True,
+                            help="Timed runs per model; the latency is their median.")(function)
+    return click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
+                        help="Untimed runs per model.")(function)
+
+
+def _calibration_option(function):
+    return click.option("--calibration-samples", type=click.IntRange(min=0), default=8,
+                        show_default=True, help="Random whole networks exported and measured "
+                        "too, to fit the correction of the prediction.")(function)
+
+
 def _clock_option(function):
     return click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall",
                         show_default=True, help=_CLOCK_HELP)(function)
@@ -59,8 +74,7 @@ def cost() -> None:
 
 @cost.command("export-ops")
 @_network_options
-@click.option("--calibration-samples", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Random whole networks exported too, to fit the correction of the prediction.")
+@_calibration_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the calibration genotypes.")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -85,10 +99,7 @@ def export_ops(preset: str, init_channels: int | None, num_cells: int | None,
               help="Latency table to write (JSON).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help=_THREADS_HELP)
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Untimed runs per model.")
-@click.option("--repeats", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Timed runs per model; the latency is their median.")
+@_runs_options
 @_clock_option
 def measure(op_dir: Path, output: Path, threads: int, warmup: int, repeats: int,
             clock: str) -> None:
@@ -114,10 +125,13 @@ def measure(op_dir: Path, output: Path, threads: int, warmup: int, repeats: int,
 @click.option("--rebuild", is_flag=True, help="Measure every entry again, ignoring the cache.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table to this file.")
+@_calibration_option
+@_runs_options
 @_clock_option
 def build(preset: str, init_channels: int | None, num_cells: int | None, num_nodes: int | None,
           ops: str | None, threads: int, cache_dir: Path | None, rebuild: bool,
-          output: Path | None, clock: str) -> None:
+          output: Path | None, calibration_samples: int, warmup: int, repeats: int,
+          clock: str) -> None:
     """Export and time the op models of a network on this machine (both halves at once).
 
     The table is cached under the cache folder; only missing entries are measured.
@@ -126,7 +140,8 @@ def build(preset: str, init_channels: int | None, num_cells: int | None, num_nod
 
     config = _network_config(preset, init_channels, num_cells, num_nodes, ops)
     table, path = build_latency_table(config, threads=threads, cache_dir=cache_dir,
-                                      rebuild=rebuild, clock=clock)
+                                      rebuild=rebuild, calibration_samples=calibration_samples,
+                                      warmup=warmup, repeats=repeats, clock=clock)
     if output is not None:
         table.save(output)
     click.echo(f"latency table {path}: {len(table)} entries")
@@ -146,11 +161,13 @@ def build(preset: str, init_channels: int | None, num_cells: int | None, num_nod
               "cached table.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache folder; default $SLEEPNAS_CACHE or ~/.cache/sleepnas.")
+@_runs_options
 @_clock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def check(samples: int, preset: str, init_channels: int | None, num_cells: int | None,
           num_nodes: int | None, ops: str | None, threads: int, seed: int,
-          latency_table: Path | None, cache_dir: Path | None, clock: str, as_json: bool) -> None:
+          latency_table: Path | None, cache_dir: Path | None, warmup: int, repeats: int,
+          clock: str, as_json: bool) -> None:
     """Compare predicted and measured latency of random genotypes of a network.
 
     Reports the Spearman rank correlation and the median absolute percentage error.
@@ -162,8 +179,10 @@ def check(samples: int, preset: str, init_channels: int | None, num_cells: int |
     if latency_table is not None:
         table = LatencyTable.load(latency_table)
     else:
-        table, _ = build_latency_table(config, threads=threads, cache_dir=cache_dir, clock=clock)
-    report = check_cost_model(config, table, samples=samples, seed=seed)
+        table, _ = build_latency_table(config, threads=threads, cache_dir=cache_dir,
+                                       warmup=warmup, repeats=repeats, clock=clock)
+    report = check_cost_model(config, table, samples=samples, seed=seed, warmup=warmup,
+                              repeats=repeats)
 
     if as_json:
         click.echo(json.dumps(report, indent=2))
