@@ -113,11 +113,14 @@ def test_new_copies_arch_parameters():
     assert copy.genotype() == net.genotype()
 
 
+@pytest.mark.slow
 def test_checkpointing_keeps_gradients():
-    net = _supernet()
-    checkpointed = _supernet(checkpoint_cells=True)
+    # Slow only on first use: torch.utils.checkpoint imports its dependencies (about 8 s).
+    config = network_config("small", **{**TINY, "init_channels": 4, "n_times": 64})
+    net = Supernet(config)
+    checkpointed = Supernet(config, checkpoint_cells=True)
     checkpointed.load_state_dict(net.state_dict())
-    x = torch.randn(2, 7, 128)
+    x = torch.randn(2, 7, 64)
     net(x).sum().backward()
     checkpointed(x).sum().backward()
     assert torch.allclose(net.alphas_normal.grad, checkpointed.alphas_normal.grad, atol=1e-5)
