@@ -233,8 +233,17 @@ def check_parity(model, onnx_model: bytes | str | Path, sample: WindowSample, *,
     ParityReport
         Its ``passed`` is False above the tolerance; the caller decides to raise.
     """
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
     reference = torch_logits(model, sample.windows)
-    exported = onnx_logits(onnx_model, sample.windows)
+    try:
+        exported = onnx_logits(onnx_model, sample.windows)
+    except (ort_state.Fail, ort_state.InvalidGraph, ort_state.NotImplemented,
+            ort_state.InvalidArgument) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SleepnasError(f"onnxruntime {ort.__version__} cannot run the exported model: {reason}; "
+                            f"try another --opset") from None
     if reference.shape != exported.shape:
         raise SleepnasError(f"the ONNX model returns logits of shape {exported.shape}, "
                             f"torch {reference.shape}: the export is wrong")

@@ -1,8 +1,8 @@
 """Latency, throughput and memory of ONNX models (and of a run's torch model) on this machine.
 
 Each measurement, one model at one thread count and batch size, runs in a fresh
-Python process, so its peak resident memory (``ru_maxrss``) belongs to that
-measurement alone and one session's caches cannot speed up the next. ONNX
+Python process, so its peak resident memory belongs to that measurement alone and
+one session's caches cannot speed up the next. ONNX
 measurements import no torch; only ``torch_run`` starts processes that do.
 """
 
@@ -152,10 +152,25 @@ def bench_models(models: Sequence[str | Path], *, threads: Sequence[int] = (1,),
 
 
 def _peak_rss_mb() -> float:
+    """Return this process's peak resident memory in MiB.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``, the peak of the current
+    address space. ``ru_maxrss`` would be wrong there: it keeps the peak of the
+    parent's address space that was replaced at ``exec``, so every measurement process
+    would report at least the parent's memory.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
+
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kibibytes, macOS bytes.
+    # NOTE: outside Linux ru_maxrss may include the parent's peak, as explained above.
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
