@@ -78,7 +78,8 @@ class DartsSearch(SearchStrategy):
         config, device, data = context.config, context.device, context.data.search
         net = config.network_config()
         torch.manual_seed(config.seed)
-        model = Supernet(net, partial_channels=config.partial_channels).to(device)
+        model = Supernet(net, partial_channels=config.partial_channels,
+                         checkpoint_cells=config.checkpoint_cells).to(device)
         weights = None
         if config.class_weighted:
             weights = torch.tensor(class_weights(data.labels[data.train_index], net.n_classes),

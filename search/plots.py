@@ -57,10 +57,13 @@ def plot_arch_weights(history: Sequence[dict[str, Any]], ops: Sequence[str],
     for ax, key, title in zip(axes, ("weights_normal", "weights_reduce"), ("Normal cell", "Reduction cell")):
         if history:
             mean = np.array([np.mean(np.asarray(record[key]), axis=0) for record in history])
+            colors = plt.get_cmap("tab20")
             for k, op in enumerate(ops):
-                ax.plot(epochs, mean[:, k], marker="o", markersize=3, label=op)
+                ax.plot(epochs, mean[:, k], marker="o", markersize=3, label=op, color=colors(k % 20),
+                        linestyle="-" if k < 10 else "--")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean op weight over edges (softmax of alphas)")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
@@ -108,7 +111,7 @@ def _draw_cell(ax: Any, edges: Sequence[tuple[str, int]], num_nodes: int, title:
 def plot_genotype(genotype: Any, path: str | os.PathLike) -> Path:
     """Draw the normal and the reduction cell of ``genotype`` as graphs of nodes and op edges.
 
-    Nodes 0 and 1 are the outputs of the cells two back and one back; the dashed
+    Nodes 0 and 1 are the outputs of the cells two back and one back. The dashed
     edges concatenate the intermediate nodes into the cell output.
     """
     plt = _pyplot()

@@ -1,6 +1,6 @@
 """Search strategies: the options of a search, and the run that every strategy shares.
 
-A strategy finds a genotype; the shared run around it prepares the run directory and the
+A strategy finds a genotype. The shared run around it prepares the run directory and the
 subject split, resumes from ``checkpoint.pt``, trains the winner from scratch, and writes
 ``results.json``. A strategy subclasses `SearchStrategy` and fills in ``_run``, as NNI's
 strategies do; ``run`` is the one public entry point.
@@ -38,8 +38,9 @@ STRATEGIES: dict[str, str] = {
 #: Marker of a search checkpoint (a final-training checkpoint has none).
 SEARCH_CHECKPOINT = "sleepnas-search"
 
-# Options that may change when a run is resumed: where things are and how they are shown.
-_RESUME_FREE_KEYS = ("data_path", "save_dir", "cache_dir", "device", "print_freq")
+# Options that may change when a run is resumed: where things are, how they are shown, and
+# gradient checkpointing, which trades memory for time (so an out-of-memory run can go on).
+_RESUME_FREE_KEYS = ("data_path", "save_dir", "cache_dir", "device", "print_freq", "checkpoint_cells")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class SearchConfig:
         Budgets in milliseconds and in MFLOPs.
     partial_channels : int
         PC-DARTS channel fraction 1/K of the mixed ops (1 = plain DARTS).
+    checkpoint_cells : bool
+        Recompute the supernet cells' activations in the backward pass, to save memory.
     class_weighted : bool
         Cross-entropy weighted by inverse class frequency (search and final training).
     collapse_guard : str
@@ -144,6 +147,7 @@ class SearchConfig:
     flops_weight: float = 0.0
     flops_budget: float | None = None
     partial_channels: int = 1
+    checkpoint_cells: bool = False
     class_weighted: bool = False
     collapse_guard: str = "cap"
     max_parameter_free: int = 2
@@ -319,7 +323,7 @@ class InterruptFlag:
 
 @dataclass
 class SearchContext:
-    """What a strategy's ``_run`` gets from the shared run.
+    """Inputs of a strategy's ``_run``, prepared by the shared run.
 
     Attributes
     ----------
@@ -394,8 +398,9 @@ def _out_of_memory_error(config: SearchConfig, run_dir: Path) -> SleepnasError:
     return SleepnasError(
         f"out of memory while searching (batch size {config.batch_size}, {net.init_channels} "
         f"initial channels, {net.num_cells} cells, {len(net.ops)} ops): lower --batch-size, "
-        "--init-channels or --num-cells, use --partial-channels 4, or --preset small; "
-        f"continue with --resume {run_dir} from the last checkpoint")
+        "--init-channels or --num-cells, use --partial-channels 4 or --checkpoint-cells, or "
+        f"--preset small (the last checkpoint in {run_dir} is kept, and --resume "
+        "--checkpoint-cells continues it)")
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -98,6 +98,9 @@ _NOT_FIELDS = ("resume", "input_channels", "num_classes")
          help="FLOPs budget in MFLOPs (one multiply-add = one FLOP), used like --latency-budget-ms.")
 @_option("--partial-channels", "partial_channels", type=click.IntRange(min=1), default=1,
          help="PC-DARTS: each mixed op sees 1/K of the channels, to cut memory and time.")
+@_option("--checkpoint-cells", "checkpoint_cells", is_flag=True,
+         help="Recompute the supernet cells' activations in the backward pass (gradient "
+              "checkpointing): less memory, more time.")
 @_option("--class-weighted", "class_weighted", is_flag=True,
          help="Weight the loss by inverse stage frequency (W and N2 dominate sleep data).")
 @_option("--collapse-guard", "collapse_guard", type=click.Choice(["cap", "stop", "off"]), default="cap",
@@ -120,9 +123,9 @@ _NOT_FIELDS = ("resume", "input_channels", "num_classes")
 def search(ctx: click.Context, **options: Any) -> None:
     """Search an architecture on the recordings in --data-path, then train and test it.
 
-    The subjects are split into training, validation and test subjects; the training
-    subjects are split again into those that train the supernet's weights and those that
-    train its arch parameters. The derived genotype is trained from scratch with early
+    The subjects are split into training, validation and test subjects. The training
+    subjects are split again: some train the supernet's weights, the others its arch
+    parameters. The derived genotype is trained from scratch with early
     stopping on validation macro-F1 and evaluated on the test subjects. The run directory
     receives config.json, split.json, window_spec.json, genotype.json, architecture.txt,
     search.json, checkpoint.pt (each epoch), weights.pt, results.json, log.txt and PNG plots.
