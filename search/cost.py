@@ -62,9 +62,9 @@ class Calibration:
 class LatencyTable:
     """Latencies of op models and fixed parts on one device, in milliseconds.
 
-    A table is valid for one device, one onnxruntime version and one thread count
-    (its `key`). Entries are named by `sleepnas.search.latency.op_key` and
-    `~sleepnas.search.latency.part_key`, so one table can serve several networks.
+    A table is valid for one device, one onnxruntime version, one thread count and
+    one clock (its `key`). Entries are named by `op_key` and `part_key`, so one table
+    can serve several networks.
 
     Attributes
     ----------
@@ -136,10 +136,10 @@ class LatencyTable:
         ------
         SleepnasError
             If the two tables were measured on different devices, onnxruntime
-            versions or thread counts.
+            versions, thread counts or clocks.
         """
         if other.key != self.key:
-            raise SleepnasError(f"cannot merge latency tables of different setups: "
+            raise SleepnasError(f"cannot merge latency tables measured on different setups: "
                                 f"{self.key!r} and {other.key!r}")
         replaced = {c.network_id for c in other.calibrations}
         calibrations = [c for c in self.calibrations if c.network_id not in replaced]
@@ -281,10 +281,10 @@ class OpCosts(NamedTuple):
     """Per-edge op costs of a supernet, in the layout of the arch parameters.
 
     ``latency_normal[e, o]`` is the latency in milliseconds that op ``o`` on edge ``e``
-    adds to a derived network, summed over the normal cells and multiplied by the
-    edge's chance to be kept (2 / inputs of its node); the same for the reduction
-    cells and for FLOPs. ``fixed_latency_ms`` and ``fixed_flops`` are the parts no
-    genotype changes. Latencies are before the correction.
+    adds to a derived network, summed over the normal cells. It is multiplied by the
+    edge's chance to be kept, 2 / (inputs of its node). The reduction cells and the
+    FLOPs have tensors of the same form. ``fixed_latency_ms`` and ``fixed_flops`` are
+    the parts no genotype changes. Latencies are before the correction.
     """
 
     latency_normal: torch.Tensor
@@ -450,7 +450,7 @@ class CostModel:
         for cell in self._layout.values():
             for e, (node, j) in enumerate(sources):
                 s = cell[(node, j)]
-                keep = EDGES_PER_NODE / node  # node i + 2 has i + 2 inputs
+                keep = EDGES_PER_NODE / node  # node n has n inputs, nodes 0 to n - 1
                 for o, op in enumerate(ops):
                     if op == "zero":
                         continue
