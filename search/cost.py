@@ -271,9 +271,16 @@ def part_key(part: FixedPart, config: NetworkConfig) -> str:
     return f"preprocess:{shape_in}->{shape_out}"
 
 
+#: The config fields that set a network's shapes. The op subset and dropout do not, so a
+#: calibration measured with every op serves a search over a subset too.
+_SHAPE_FIELDS = ("in_channels", "n_times", "n_classes", "init_channels", "num_cells",
+                 "num_nodes", "stem_multiplier")
+
+
 def network_id(config: NetworkConfig) -> str:
-    """Return a short hash of a network config; calibrations are stored per network."""
-    text = json.dumps(config.to_dict(), sort_keys=True)
+    """Return a short hash of a network's shape; calibrations are stored per network."""
+    shape = {name: getattr(config, name) for name in _SHAPE_FIELDS}
+    text = json.dumps(shape, sort_keys=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
@@ -390,8 +397,14 @@ class CostModel:
         return self.scale * self.summed_latency_ms(genotype) + self.offset_ms
 
     def _fit_correction(self) -> tuple[float, float]:
-        calibration = self._table().calibration(network_id(self.config))
+        table = self._table()
+        calibration = table.calibration(network_id(self.config))
         if calibration is None or not calibration.measured_ms:
+            if table.repeats > 0:
+                logger.warning("the latency table has no calibration for network %s, so predicted "
+                               "latencies are plain sums of op latencies; measure one with "
+                               "`sleepnas cost build` or `cost export-ops` and `cost measure`",
+                               network_id(self.config))
             return 1.0, 0.0
         summed = np.array([sum(self.entry_ms(k) for k in keys) for keys in calibration.keys])
         measured = np.asarray(calibration.measured_ms)

@@ -332,3 +332,9 @@ def test_corrupt_cache_rebuilt(tmp_path, caplog):
     assert str(path) in caplog.text
     assert set(table_keys(config)) <= set(table.latency_ms)
     assert LatencyTable.load(path).latency_ms == table.latency_ms
+
+
+def test_network_id_ignores_op_subset():
+    assert network_id(tiny_config(ops=("conv_1x1",))) == network_id(tiny_config())
+    assert network_id(tiny_config(dropout=0.5)) == network_id(tiny_config())
+    assert network_id(tiny_config(init_channels=6)) != network_id(tiny_config())
