@@ -226,7 +226,7 @@ class Controller(nn.Module):
     def _check_actions(self, actions: Sequence[int]) -> None:
         if len(actions) != self.num_decisions:
             raise SleepnasError(f"invalid controller actions: {len(actions)} decisions, expected "
-                                f"{self.num_decisions} for {self.num_nodes} nodes")
+                                f"{self.num_decisions} (4 per node, {self.num_nodes} node(s) per cell type)")
         for step, value in enumerate(actions):
             node = (step // DECISIONS_PER_NODE) % self.num_nodes
             kind = step % DECISIONS_PER_NODE

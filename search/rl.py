@@ -21,6 +21,7 @@ Tan, M., et al. (2019). MnasNet: Platform-aware neural architecture search for m
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -153,6 +154,8 @@ class RLSearchConfig(SearchConfig):
             raise SleepnasError(f"invalid --baseline-decay {self.baseline_decay!r}: expected a number in [0, 1)")
         if self.ray_address is not None and self.executor != "ray":
             raise SleepnasError("--ray-address needs --executor ray")
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise SleepnasError("--executor ray needs Ray, which is not installed: pip install 'sleepnas[ray]'")
         self.reward_config()
 
     def reward_config(self) -> RewardConfig:
@@ -206,6 +209,15 @@ class RLSearch(SearchStrategy):
     """REINFORCE search with a hardware-aware reward, children evaluated by an executor."""
 
     name = "rl"
+
+    def run(self) -> Any:
+        """Check that the Ray cluster is reachable, then search as every strategy does."""
+        config = self.config
+        if getattr(config, "executor", None) == "ray" and config.ray_address is not None:
+            from sleepnas.search.executors import check_ray_address
+
+            check_ray_address(config.ray_address)
+        return super().run()
 
     def _run(self, context: SearchContext) -> tuple[Genotype, list[dict[str, Any]]]:
         from sleepnas.search.rl_loop import SearchLoop
