@@ -10,12 +10,13 @@ at the same batch size.
 Each case runs in a fresh Python process, so its peak resident set size (``ru_maxrss``,
 Linux, in MiB) covers that case alone: torch, the model, the optimizer state and the
 activations. On CUDA the peak of ``torch.cuda.max_memory_allocated`` is reported too.
-Each case takes one untimed warm-up step, then the median of ``--repeats`` timed steps.
+Each case takes ``--warmup`` untimed steps (default 1), then the median of ``--repeats``
+timed steps.
 
 Run from the repository root::
 
-    python benchmarks/bench_search.py [--device cpu] [--threads 2] [--repeats 2]
-        [--presets small default] [--batch-size 32]
+    python benchmarks/bench_search.py [--device cpu] [--threads 2] [--repeats 2] [--warmup 1]
+        [--presets small default] [--batch-size 32] [--cases 0 1 2]
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from sleepnas.search.darts import Architect, clip_weight_gradients
 from sleepnas.search.network import Network, network_config
 from sleepnas.search.supernet import Supernet
 
-preset, batch_size, threads, kind, k, checkpoint, device, repeats = sys.argv[1:9]
-batch_size, repeats, k = int(batch_size), int(repeats), int(k)
+preset, batch_size, threads, kind, k, checkpoint, device, repeats, warmup = sys.argv[1:10]
+batch_size, repeats, warmup, k = int(batch_size), int(repeats), int(warmup), int(k)
 torch.set_num_threads(int(threads))
 torch.manual_seed(0)
 device = torch.device(device)
@@ -79,7 +80,8 @@ def timed():
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
-timed()
+for _ in range(warmup):
+    timed()
 times = [timed() for _ in range(repeats)]
 result = {"weights": sum(p.numel() for p in model.parameters()),
           "step_s": statistics.median(times),
@@ -102,7 +104,7 @@ CASES = [
 
 def _run_case(args: argparse.Namespace, preset: str, kind: str, k: int, checkpoint: int) -> dict | str:
     command = [sys.executable, "-c", _CASE, preset, str(args.batch_size), str(args.threads), kind,
-               str(k), str(checkpoint), args.device, str(args.repeats)]
+               str(k), str(checkpoint), args.device, str(args.repeats), str(args.warmup)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or "").strip().splitlines()
@@ -116,7 +118,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["small", "default"], choices=["small", "default"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps per case, after one warm-up")
+    parser.add_argument("--repeats", type=int, default=2, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per case before the timed ones")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--cases", nargs="+", type=int, default=None,
                         help="indices of the cases to run (default all): " +
@@ -124,7 +127,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"{platform.processor() or platform.machine()}, device {args.device}, batch {args.batch_size}, "
-          f"{args.threads} torch thread(s), median of {args.repeats} step(s) after 1 warm-up; "
+          f"{args.threads} torch thread(s), median of {args.repeats} step(s) after {args.warmup} "
+          "warm-up step(s); "
           "peak memory in MiB")
     header = f"{'preset':8s} {'case':46s} {'weights':>11s} {'step s':>8s} {'peak RSS':>9s}"
     print(header + (f" {'peak CUDA':>10s}" if args.device == "cuda" else ""))

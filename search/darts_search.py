@@ -197,7 +197,6 @@ class _SearchLoop:
                 logger.info("epoch %d batch %d/%d: train loss %.4f, arch loss %.4f", epoch, state.batch,
                             len(weight_batches), state.loss_sum / state.count,
                             state.arch_loss_sum / state.batch)
-        self.n_batches = len(weight_batches)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
