@@ -211,9 +211,15 @@ class RLSearch(SearchStrategy):
     name = "rl"
 
     def run(self) -> Any:
-        """Check that the Ray cluster is reachable, then search as every strategy does."""
+        """Check the latency table and the Ray cluster, then search as every strategy does."""
         config = self.config
-        if getattr(config, "executor", None) == "ray" and config.ray_address is not None:
+        if not isinstance(config, RLSearchConfig):
+            raise SleepnasError("the rl strategy needs an RLSearchConfig")
+        needs_table = config.reward_latency == "predicted" and config.latency_budget_ms is not None
+        if needs_table and self.cost_model().latency_table is None:
+            raise SleepnasError("--latency-budget-ms with --reward-latency predicted needs --latency-table "
+                                "FILE (build one with `sleepnas cost build`), or use --reward-latency measured")
+        if config.executor == "ray" and config.ray_address is not None:
             from sleepnas.search.executors import check_ray_address
 
             check_ray_address(config.ray_address)
@@ -223,13 +229,7 @@ class RLSearch(SearchStrategy):
         from sleepnas.search.rl_loop import SearchLoop
 
         config = context.config
-        if not isinstance(config, RLSearchConfig):
-            raise SleepnasError("the rl strategy needs an RLSearchConfig")
         cost_model = self.cost_model()
-        needs_table = config.reward_latency == "predicted" and config.latency_budget_ms is not None
-        if needs_table and cost_model.latency_table is None:
-            raise SleepnasError("--latency-budget-ms with --reward-latency predicted needs --latency-table "
-                                "FILE (build one with `sleepnas cost build`), or use --reward-latency measured")
         net = config.network_config()
         controller = Controller(net.ops, net.num_nodes, temperature=config.temperature,
                                 tanh_constant=config.tanh_constant, seed=config.seed)
