@@ -203,8 +203,8 @@ def evaluate_child(task: ChildTask, data: Any) -> dict[str, Any]:
     dict
         ``status`` (``"ok"``, ``"diverged"`` or ``"failed"``), ``reason`` (None or the
         error), ``metrics`` (validation ``accuracy``, ``macro_f1``, ``kappa``, ``loss`` of
-        the last epoch), ``params``, ``measured_latency_ms`` (None if not measured) and
-        ``train_seconds``.
+        the last epoch), ``params``, ``measured_latency_ms`` (None if not measured),
+        ``train_seconds`` (the epochs) and ``eval_seconds`` (all of this function).
     """
     import torch
 
@@ -218,7 +218,7 @@ def evaluate_child(task: ChildTask, data: Any) -> dict[str, Any]:
     config = TrainConfig.from_dict(task.train)
     started = time.perf_counter()
     out: dict[str, Any] = {"status": OK, "reason": None, "metrics": {}, "params": None,
-                           "measured_latency_ms": None, "train_seconds": None}
+                           "measured_latency_ms": None, "train_seconds": None, "eval_seconds": None}
     torch.manual_seed(config.seed)
     model = create_model(Genotype.from_dict(task.genotype), network)
     out["params"] = count_params(model)
@@ -227,18 +227,21 @@ def evaluate_child(task: ChildTask, data: Any) -> dict[str, Any]:
     except SleepnasError as err:
         if not str(err).startswith("training diverged"):
             raise
-        out.update(status=DIVERGED, reason=str(err), train_seconds=round(time.perf_counter() - started, 3))
+        seconds = round(time.perf_counter() - started, 3)
+        out.update(status=DIVERGED, reason=str(err), train_seconds=seconds, eval_seconds=seconds)
         return out
     out["train_seconds"] = result.train_seconds
     last = result.history[-1]
     out["metrics"] = {"accuracy": last["val_accuracy"], "macro_f1": last["val_macro_f1"],
                       "kappa": last["val_kappa"], "loss": last["val_loss"]}
     if last["val_loss"] is None or not math.isfinite(last["val_loss"]):
-        out.update(status=DIVERGED, reason=f"validation loss is {last['val_loss']}")
+        out.update(status=DIVERGED, reason=f"validation loss is {last['val_loss']}",
+                   eval_seconds=round(time.perf_counter() - started, 3))
         return out
     if task.measure_latency:
         threads = torch.get_num_threads()
         out["measured_latency_ms"] = measure_latency_ms(model, network.in_channels, network.n_times,
                                                         repeats=CHILD_LATENCY_REPEATS)
         torch.set_num_threads(threads)
+    out["eval_seconds"] = round(time.perf_counter() - started, 3)
     return out

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # Keys of a child's evaluation that the cache keeps and a repeated child copies.
 _RESULT_KEYS = ("status", "reason", "metrics", "params", "measured_latency_ms", "train_seconds",
-                "proxy_score")
+                "eval_seconds", "proxy_score")
 
 
 class SearchLoop:
@@ -227,8 +227,8 @@ class SearchLoop:
     def _screen_totals(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.config.proxy_screen:
             return {}
-        trained = [r["train_seconds"] for r in records
-                   if r["status"] in (OK, DIVERGED) and not r["cached"] and r["train_seconds"] is not None]
+        trained = [r["eval_seconds"] for r in records
+                   if r["status"] in (OK, DIVERGED) and not r["cached"] and r.get("eval_seconds") is not None]
         screened = sum(1 for r in records if r["status"] == SCREENED)
         mean_train = float(np.mean(trained)) if trained else 0.0
         return {"screened_children": screened, "proxy_seconds": round(self.state.proxy_seconds, 3),
@@ -263,7 +263,7 @@ class SearchLoop:
         totals = self._screen_totals(records)
         if totals:
             logger.info("proxy screening: %d children not trained, %.1f s of proxies, about %.1f s "
-                        "of training saved (estimated from the mean child training time)",
+                        "of training saved (estimated from the mean time to evaluate a child)",
                         totals["screened_children"], totals["proxy_seconds"], totals["estimated_seconds_saved"])
 
 

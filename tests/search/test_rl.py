@@ -25,7 +25,7 @@ RUN_FILES = ("config.json", "split.json", "window_spec.json", "genotype.json", "
 OP_MS = {"conv_1x1": 0.2, "conv_3x1": 0.3, "max_pool_3x1": 0.05, "identity": 0.01}
 
 # Keys of a child record that differ between runs of the same search (wall-clock times).
-_TIMING_KEYS = ("train_seconds",)
+_TIMING_KEYS = ("train_seconds", "eval_seconds")
 
 
 @pytest.fixture
@@ -281,7 +281,7 @@ def test_diverged_child_search_goes_on(tmp_path, fake_cohort, monkeypatch):
     def diverge_first(task, data):
         if (task.iteration, task.child) == (1, 0):
             return {"status": DIVERGED, "reason": "training diverged: the loss is nan", "metrics": {},
-                    "params": 1, "measured_latency_ms": None, "train_seconds": 0.1}
+                    "params": 1, "measured_latency_ms": None, "train_seconds": 0.1, "eval_seconds": 0.1}
         return original(task, data)
 
     monkeypatch.setattr(rl_loop, "evaluate_child", diverge_first)
