@@ -1,9 +1,9 @@
 """The RL controller: an LSTM that samples genotypes, and its REINFORCE update.
 
 For each cell type (normal, then reduction) and each intermediate node, the controller
-takes four decisions in turn, as the NASNet controller does: the first input node, the
-second input node (any earlier node but the first input), the op on the first input and
-the op on the second. Each decision is a softmax over the logits of a linear head on the
+takes four decisions in turn, as the NASNet controller does. It picks the first input
+node, then the second input node (any earlier node but the first input), then the op on
+the first input and the op on the second. Each decision is a softmax over the logits of a linear head on the
 LSTM's hidden state; the embedding of the chosen value is the next LSTM input.
 
 The update is REINFORCE with an exponential-moving-average baseline and an entropy bonus.

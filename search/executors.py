@@ -139,9 +139,9 @@ class ProcessExecutor(Executor):
     """Runs the tasks in a pool of ``workers`` processes on this machine.
 
     ``function`` and ``shared`` must be picklable (a module-level function, plain data).
-    A batch runs in parallel; the tasks whose worker died are then run again one at a
-    time in fresh workers, so that a task that kills its worker cannot take others down
-    with it twice.
+    A batch runs in parallel. The tasks whose worker died then run again one at a time,
+    each in a fresh worker, so that a task that kills its worker cannot make the others
+    fail twice.
     """
 
     name = "process"
@@ -203,7 +203,7 @@ class ProcessExecutor(Executor):
 
 
 def import_ray() -> Any:
-    """Import and return the ``ray`` module, or raise an `ImportError` that says what to install."""
+    """Import and return the ``ray`` module, or raise an `ImportError` naming the extra to install."""
     try:
         import ray
     except ImportError as err:
@@ -284,10 +284,10 @@ class RayExecutor(Executor):
             kwargs["address"] = address
         where = "a local Ray cluster" if address is None else f"the Ray cluster at --ray-address {address}"
 
-        # ray.init hangs when called outside the main thread, so it runs here; the TCP
-        # check before it is what bounds the wait on an address where nothing listens.
-        # NOTE: a host that accepts the connection but is no Ray cluster is left to Ray's own
-        # connection timeouts.
+        # ray.init hangs when called outside the main thread (Ray 2.60), so it runs here.
+        # The TCP check before it bounds the wait on an address where nothing listens.
+        # NOTE: a host that accepts TCP connections but runs no Ray cluster is left to
+        # Ray's own connection timeouts.
         started = time.monotonic()
         try:
             ray.init(**kwargs)

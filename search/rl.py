@@ -196,7 +196,7 @@ def _finite_or_none(value: Any) -> Any:
 
 @dataclass
 class _SearchState:
-    """What an RL search keeps between updates, as the checkpoint stores it."""
+    """State of an RL search between updates, as the checkpoint stores it."""
 
     iteration: int = 0
     updates: list[dict[str, Any]] = field(default_factory=list)

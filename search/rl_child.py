@@ -142,8 +142,8 @@ def child_seed(seed: int, iteration: int, child: int) -> int:
 class MappedWindows:
     """A read-only view of a ``.npy`` memmap that a worker process reopens by file name.
 
-    Pickling a `numpy.memmap` copies its data; this class pickles the file name and
-    layout only, so that process workers on the same machine share the window store.
+    Pickling a `numpy.memmap` copies its data. This class pickles the file name and
+    layout only, so process workers on the same machine share the window store.
     """
 
     def __init__(self, array: np.memmap) -> None:
@@ -175,8 +175,8 @@ class MappedWindows:
 def child_data(data: Any, *, in_memory: bool = False) -> Any:
     """Return the `TrainData` children train on: the train and val parts, no test part.
 
-    With ``in_memory``, only the train and val windows are kept, as one array (for
-    executors on other machines); otherwise a memmap is passed by file name.
+    With ``in_memory``, the train and val windows are copied into one array, for
+    executors on other machines. Otherwise a memmap travels by file name.
     """
     empty = np.zeros(0, dtype=np.int64)
     if in_memory:

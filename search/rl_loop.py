@@ -98,7 +98,9 @@ class SearchLoop:
         return {"iteration": iteration, "child": child, "key": key, "genotype": genotype.to_dict(),
                 "actions": list(sample.actions), "log_prob": sample.log_prob, "entropy": sample.entropy,
                 "seed": child_seed(self.config.seed, iteration, child), "predicted_latency_ms": predicted,
-                "flops": flops, "cached": False, "attempts": 0, "proxy_score": None}
+                "flops": flops, "cached": False, "attempts": 0, "status": None, "reason": None,
+                "metrics": {}, "params": None, "measured_latency_ms": None, "train_seconds": None,
+                "eval_seconds": None, "proxy_score": None}
 
     def _task(self, record: dict[str, Any]) -> ChildTask:
         config = self.config
@@ -114,7 +116,7 @@ class SearchLoop:
         to_run: list[int] = []
         for k, record in enumerate(records):
             key = record["key"]
-            if key in self.state.cache and "status" in self.state.cache[key]:
+            if self.state.cache.get(key, {}).get("status") is not None:
                 record.update({n: self.state.cache[key].get(n) for n in _RESULT_KEYS}, cached=True)
             elif key in self.pending:
                 record.update(self.pending.pop(key), attempts=1)
@@ -140,7 +142,7 @@ class SearchLoop:
         # A repeat within this update copies the first evaluation of its genotype.
         for k, record in enumerate(records):
             first = records[first_of[record["key"]]]
-            if first_of[record["key"]] != k and "status" not in record:
+            if first_of[record["key"]] != k and record["status"] is None:
                 record.update({n: first.get(n) for n in _RESULT_KEYS}, cached=True)
         for record in records:
             self._reward(record)

@@ -57,7 +57,7 @@ def pareto_front(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether ``a`` is at least as fast and as accurate as ``b``, and better in one."""
+    """Return whether ``a`` is at least as fast and as accurate as ``b``, and better in one."""
     if a["accuracy"] is None or b["accuracy"] is None:
         return False
     no_worse = a["latency_ms"] <= b["latency_ms"] and a["accuracy"] >= b["accuracy"]
@@ -140,8 +140,8 @@ def _cell(value: Any, kind: str) -> str:
 def compare_results(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Return the comparison of the winners of several strategies: ``{"rows": [...], "text": str}``.
 
-    ``results`` maps a strategy name to its ``results.json``; each row holds one metric
-    (test accuracy, macro-F1, kappa, params, FLOPs, latency, search time) per strategy.
+    ``results`` maps a strategy name to its ``results.json``. Each row contains one
+    metric (test accuracy, macro-F1, kappa, params, FLOPs, latency, search time) per strategy.
     """
     names = list(results)
     rows = [{"metric": key, **{name: results[name].get(key) for name in names}} for key, _, _ in _COMPARED]
