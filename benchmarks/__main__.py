@@ -24,7 +24,7 @@ def benchmark_scripts() -> list[Path]:
 
 
 def select_scripts(names: list[str]) -> list[Path]:
-    """Return the scripts that ``names`` select (all when empty); an unknown name raises `ValueError`."""
+    """Return the scripts that ``names`` select (all when empty), or raise `ValueError`."""
     scripts = benchmark_scripts()
     if not names:
         return scripts
