@@ -2,7 +2,7 @@
 
 Each script runs in its own Python process from the repository root, with its
 default options, and prints its own figures. Names select scripts (``score`` or
-``bench_score``); without names every ``bench_*.py`` of this folder runs, in
+``bench_score``). Without names every ``bench_*.py`` of this folder runs, in
 alphabetical order. The exit status is 1 if any script failed.
 """
 
