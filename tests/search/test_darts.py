@@ -197,7 +197,7 @@ def test_latency_weight_lowers_predicted_latency(tmp_path, monkeypatch):
     predicted = {}
     for weight in (0.0, 50.0):
         config = SearchConfig(data_path=str(tmp_path), save_dir=str(tmp_path / f"w{weight}"),
-                              **{**TINY_OPTIONS, "n_times": 1000, "num_epochs": 1, "alpha_lr": 0.05,
+                              **{**TINY_OPTIONS, "num_epochs": 1, "alpha_lr": 0.05,
                                  "latency_weight": weight, "collapse_guard": "off"})
         network = config.network_config()
         cost_model = CostModel(network, fixed_latency_table(network, op_ms))

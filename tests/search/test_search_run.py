@@ -27,7 +27,7 @@ def fake_cohort(monkeypatch):
 
 
 def _config(tmp_path, name: str, **changes) -> SearchConfig:
-    options = {**TINY_OPTIONS, "n_times": 1000, **changes}
+    options = {**TINY_OPTIONS, **changes}
     return SearchConfig(data_path=str(tmp_path / "data"), save_dir=str(tmp_path / name), **options)
 
 
@@ -193,7 +193,8 @@ def test_search_on_synthetic_recordings(tmp_path, monkeypatch):
     data = tmp_path / "data"
     synth.synthesize_cohort(data, subjects=4, nights=1, seed=0, hours=1.0)
     config = SearchConfig(data_path=str(data), save_dir=str(tmp_path / "run"),
-                          cache_dir=str(tmp_path / "cache"), **{**TINY_OPTIONS, "num_epochs": 1})
+                          cache_dir=str(tmp_path / "cache"),
+                          **{**TINY_OPTIONS, "num_epochs": 1, "n_times": 3000})
     result = make_strategy(config, measure_latency=False).run()
     for name in RUN_FILES:
         assert (tmp_path / "run" / name).is_file(), name

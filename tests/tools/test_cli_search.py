@@ -16,7 +16,7 @@ from tests.searchtools import TINY_OPS, fake_cohort_loader
 
 TINY_ARGS = ["--preset", "small", "--init-channels", "4", "--num-cells", "3", "--num-nodes", "2",
              "--ops", ",".join(TINY_OPS), "--batch-size", "8", "--num-epochs", "1",
-             "--final-train-epochs", "0", "--device", "cpu", "--input-length", "1000",
+             "--final-train-epochs", "0", "--device", "cpu", "--input-length", "320",
              "--print-freq", "0"]
 
 
