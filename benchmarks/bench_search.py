@@ -1,9 +1,9 @@
 """Benchmark one DARTS search step, first and second order, beside a training step of the derived network.
 
 A search step is what `sleepnas search` does per mini-batch: one arch step
-(`sleepnas.search.darts.Architect`, Adam on the arch parameters; second order adds the
-virtual weight step and the finite-difference Hessian-vector product) and one SGD step
-of the weights with gradient clipping. The reference in the same run is one SGD step of
+(`sleepnas.search.darts.Architect`, Adam on the arch parameters) and one SGD step of the
+weights with gradient clipping. The second-order arch step adds the virtual weight step
+and the finite-difference Hessian-vector product. The reference in the same run is one SGD step of
 the discrete network derived from the supernet (the network the final training trains),
 at the same batch size.
 
@@ -107,9 +107,13 @@ def _run_case(args: argparse.Namespace, preset: str, kind: str, k: int, checkpoi
                str(k), str(checkpoint), args.device, str(args.repeats), str(args.warmup)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        lines = (done.stderr or "").strip().splitlines()
-        killed = done.returncode < 0 or "out of memory" in (done.stderr or "")
-        return "out of memory" if killed else (lines[-1] if lines else f"exit {done.returncode}")
+        stderr = done.stderr or ""
+        if done.returncode < 0 or "out of memory" in stderr:
+            return f"out of memory or killed (exit {done.returncode})"
+        lines = stderr.strip().splitlines()
+        if lines:
+            return lines[-1]
+        return f"exit {done.returncode}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
