@@ -8,10 +8,11 @@ For each run directory it exports the float and the INT8 model (``sleepnas expor
 - the INT8 model's p50 beside the float model's (the INT8 ratio);
 - throughput in windows per second at a larger batch, for all three.
 
-Without ``--run`` it builds two stand-in run directories with seeded initial weights
-(latency does not depend on the weight values): a random genotype of the ``small``
-preset, standing in for a small search's winner, and TinySleepNet, the reference
-model, both on 7 channels x 3000 samples. Give ``--run`` to measure real runs.
+Without ``--run`` it builds two stand-in run directories with seeded initial weights,
+because latency does not depend on the weight values. One is a random genotype of the
+``small`` preset, standing in for a small search's winner. The other is TinySleepNet,
+the reference model. Both take 7 channels x 3000 samples. Give ``--run`` to measure
+real runs; their parity and calibration windows then come from their data path.
 
 Run from the repository root::
 

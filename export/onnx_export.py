@@ -305,7 +305,8 @@ def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = N
         A finished run directory (``config.json``, ``window_spec.json``, ``weights.pt``).
     output : path
         The ONNX file to write. With ``quantize="int8"`` it receives the INT8 model,
-        and the float model is written beside it as ``<stem>.float.onnx``.
+        and the float model is written beside it as ``<stem>.float.onnx`` (a stem
+        ending in ``.int8`` loses that ending, so ``m.int8.onnx`` gets ``m.float.onnx``).
     opset : int, optional
         ONNX opset (at least 18); the exporter's default when ``None``.
     parity_windows : int
@@ -350,7 +351,7 @@ def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = N
     if not parity.passed:
         raise SleepnasError(f"parity check failed for {run_dir}: {parity.describe()}; "
                             f"the ONNX model does not compute what the torch model does")
-    logger.info("parity: %s", parity.describe())
+    logger.debug("parity: %s", parity.describe())
     opset_written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
     if quantize is None:
@@ -363,7 +364,7 @@ def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = N
     calibration = sample_windows(run_dir, spec, split="train", n_windows=parity_windows,
                                  data_path=data_path, seed=seed + 1)
     int8_data, quantization = quantize_int8(data, calibration, sample, metadata=metadata)
-    float_output = output.with_name(f"{output.stem}.float.onnx")
+    float_output = output.with_name(f"{output.stem.removesuffix('.int8')}.float.onnx")
     atomic_write_bytes(float_output, data)
     try:
         atomic_write_bytes(output, int8_data)
