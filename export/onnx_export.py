@@ -6,9 +6,9 @@ named ``batch``. Its metadata carries everything the runtime needs: the window s
 the stage names, the genotype, the model name, the test metrics and the versions.
 
 The exporter is torch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``,
-torch 2.13). It exports LSTM as one ONNX ``LSTM`` node, which the INT8 quantizer
-needs, and multi-head attention as plain MatMul and Softmax nodes, both with a
-dynamic batch axis; the TorchScript exporter is deprecated in that release.
+torch 2.13), because the TorchScript exporter is deprecated in that release. It
+exports LSTM as one ONNX ``LSTM`` node, which the INT8 quantizer needs. Multi-head
+attention becomes plain MatMul and Softmax nodes. Both keep a dynamic batch axis.
 """
 
 from __future__ import annotations
