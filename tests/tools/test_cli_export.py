@@ -146,3 +146,23 @@ def test_export_parity_failure_no_file(run, tmp_path, monkeypatch):
     assert "largest logit difference 0.25 (tolerance 0.0001)" in stderr
     assert "equal predicted stages 100.00% of 4 windows" in stderr
     assert _onnx_files(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_export_data_of_other_channels(tmp_path, monkeypatch):
+    from sleepnas.runtime.spec import WindowSpec
+
+    synth = pytest.importorskip("sleepnas.tools.synth")
+    monkeypatch.setenv("SLEEPNAS_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    synth.synthesize_cohort(data, subjects=1, nights=1, seed=0, hours=0.5)
+    spec = WindowSpec(channels=("EEG C3-A2", "EEG Pz-Oz"), scale=(20.0, 15.0))
+    run = make_run_dir(tmp_path / "run", model="tinysleepnet", spec=spec,
+                       split={"train": ["SC400"], "val": ["SC400"], "test": ["SC400"]})
+
+    code, _, stderr = run_cli(["-q", "export", str(run), "-o", str(tmp_path / "model.onnx"),
+                               "--data-path", str(data)])
+
+    assert code == 1
+    assert "has no channel 'EEG C3-A2'" in stderr
+    assert _onnx_files(tmp_path) == []
