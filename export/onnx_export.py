@@ -296,7 +296,8 @@ def _export_checked(model, spec: WindowSpec, metadata: dict[str, str], sample, *
 def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = None,
                parity_windows: int = DEFAULT_PARITY_WINDOWS, tolerance: float = DEFAULT_TOLERANCE,
                simplify: bool = True, quantize: str | None = None,
-               data_path: str | Path | None = None, seed: int = 0) -> ExportReport:
+               data_path: str | Path | None = None, seed: int = 0,
+               cache_dir: str | Path | None = None) -> ExportReport:
     """Export a run's model to ONNX, check it against torch, and write it atomically.
 
     Parameters
@@ -321,6 +322,8 @@ def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = N
         Folder of recordings for parity and calibration windows; the run's own by default.
     seed : int
         Seed of the random windows used when no recordings can be read.
+    cache_dir : path, optional
+        Cache folder of the window store; the default cache when ``None``.
 
     Returns
     -------
@@ -344,7 +347,8 @@ def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = N
     model_name = str(config.get("model", "genotype"))
     metadata = build_metadata(spec, model_name=model_name, genotype_json=_genotype_json(run_dir, model_name),
                               metrics=_test_metrics(run_dir))
-    sample = sample_windows(run_dir, spec, n_windows=parity_windows, data_path=data_path, seed=seed)
+    sample = sample_windows(run_dir, spec, n_windows=parity_windows, data_path=data_path, seed=seed,
+                            cache_dir=cache_dir)
 
     data, proto, parity, simplified = _export_checked(model, spec, metadata, sample, opset=opset,
                                                       simplify=simplify, tolerance=tolerance)
@@ -362,7 +366,7 @@ def export_run(run_dir: str | Path, output: str | Path, *, opset: int | None = N
     from .quantize import quantize_int8
 
     calibration = sample_windows(run_dir, spec, split="train", n_windows=parity_windows,
-                                 data_path=data_path, seed=seed + 1)
+                                 data_path=data_path, seed=seed + 1, cache_dir=cache_dir)
     int8_data, quantization = quantize_int8(data, calibration, sample, metadata=metadata)
     float_output = output.with_name(f"{output.stem.removesuffix('.int8')}.float.onnx")
     atomic_write_bytes(float_output, data)

@@ -113,7 +113,7 @@ def _split_subjects(run_dir: Path, split: str) -> tuple[str, ...] | None:
 
 def sample_windows(run_dir: str | Path, spec: WindowSpec, *, split: str = "test",
                    n_windows: int = DEFAULT_PARITY_WINDOWS, data_path: str | Path | None = None,
-                   seed: int = 0) -> WindowSample:
+                   seed: int = 0, cache_dir: str | Path | None = None) -> WindowSample:
     """Pick normalized windows of one split of a run's data set, or random ones.
 
     Parameters
@@ -131,6 +131,8 @@ def sample_windows(run_dir: str | Path, spec: WindowSpec, *, split: str = "test"
         Folder of recordings; overrides the run's own data path and must exist.
     seed : int
         Seed of the random fallback.
+    cache_dir : path, optional
+        Cache folder of the window store; the default cache when ``None``.
 
     Returns
     -------
@@ -151,7 +153,8 @@ def sample_windows(run_dir: str | Path, spec: WindowSpec, *, split: str = "test"
     subjects = _split_subjects(run_dir, split)
     from sleepnas.runtime.store import load_cohort
 
-    cohort = load_cohort(data_path, spec, subjects=list(subjects) if subjects else None)
+    cohort = load_cohort(data_path, spec, subjects=list(subjects) if subjects else None,
+                         cache_dir=cache_dir)
     chosen = np.flatnonzero(np.isin(cohort.subjects, subjects)) if subjects else np.arange(
         len(cohort.labels))
     if len(chosen) == 0:

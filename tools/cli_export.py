@@ -27,9 +27,12 @@ import click
               help="Test windows on which ONNX and torch logits are compared.")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Largest absolute logit difference accepted between ONNX and torch.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder of the window store.  [default: $SLEEPNAS_CACHE or ~/.cache/sleepnas]")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export(run_dir: Path, output: Path, opset: int | None, quantize: str | None, no_simplify: bool,
-           data_path: Path | None, parity_windows: int, tolerance: float, as_json: bool) -> None:
+           data_path: Path | None, parity_windows: int, tolerance: float, cache_dir: Path | None,
+           as_json: bool) -> None:
     """Export the model of RUN_DIR to ONNX, with its window spec and metrics as metadata.
 
     The export is checked with onnx.checker and against torch on real windows (the
@@ -39,7 +42,7 @@ def export(run_dir: Path, output: Path, opset: int | None, quantize: str | None,
 
     report = export_run(run_dir, output, opset=opset, parity_windows=parity_windows,
                         tolerance=tolerance, simplify=not no_simplify, quantize=quantize,
-                        data_path=data_path)
+                        data_path=data_path, cache_dir=cache_dir)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
