@@ -142,7 +142,7 @@ def train(genotype: Path | None, model: str | None, data_path: Path, save_dir: P
                          weight_decay=weight_decay, grad_clip=grad_clip or None,
                          class_weighted=class_weighted, patience=patience or None, seed=seed,
                          device=device, num_threads=threads)
-    options = {"command": "train", "data_path": str(data_path), "channels": list(names),
+    options = {"command": "train", "data_path": str(data_path.resolve()), "channels": list(names),
                "scheme": scheme_obj.name, "preset": preset, "folds": folds,
                "val_fraction": val_fraction, "test_fraction": test_fraction,
                "genotype_file": None if genotype is None else str(genotype)}
