@@ -101,7 +101,8 @@ class RLSearchConfig(SearchConfig):
         Zero-cost proxy that screens children; ``None`` trains every new child.
     proxy_keep_fraction : float
         With screening, a child is trained if its proxy score reaches the
-        ``1 - proxy_keep_fraction`` quantile of the scores so far.
+        ``1 - proxy_keep_fraction`` quantile of the scores so far. A screened child
+        gets no reward and takes no part in the controller's update.
     workers : int
         Parallel workers (processes with ``executor="local"``).
     executor : str

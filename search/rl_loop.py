@@ -45,6 +45,8 @@ class SearchLoop:
         """Run the remaining updates; return every child's record."""
         config = self.config
         records = self._restore_history()
+        # NOTE: Ray workers may run on other machines, so the train and val windows are
+        # copied into the object store whole; a cohort larger than memory does not fit.
         in_memory = config.executor == "ray"
         data = child_data(self.context.data.final, in_memory=in_memory)
         with make_executor(config.executor, evaluate_child, data, workers=config.workers,
