@@ -294,6 +294,25 @@ def test_diverged_child_search_goes_on(tmp_path, fake_cohort, monkeypatch):
 
 
 @pytest.mark.slow
+def test_failed_child_recorded_search_goes_on(tmp_path, fake_cohort, monkeypatch):
+    original = rl_loop.evaluate_child
+
+    def fail_first(task, data):
+        if (task.iteration, task.child) == (1, 0):
+            raise RuntimeError("worker lost its data")
+        return original(task, data)
+
+    monkeypatch.setattr(rl_loop, "evaluate_child", fail_first)
+    _run(_config(tmp_path, "run"))
+    history = read_history(tmp_path / "run")
+    assert history[0]["status"] == "failed"
+    assert history[0]["reason"] == "RuntimeError: worker lost its data"
+    assert history[0]["reward"] == 0.0
+    assert len(history) == 6
+    assert "failed" in (tmp_path / "run" / "log.txt").read_text()
+
+
+@pytest.mark.slow
 def test_proxy_screen_skips_training(tmp_path, fake_cohort):
     config = _config(tmp_path, "run", proxy_screen="synflow", num_iterations=3, children_per_update=3)
     _run(config)
