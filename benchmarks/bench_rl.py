@@ -17,6 +17,7 @@ shares, the 2-worker speed-up is a lower bound.
 
 Run from the repository root::
 
+    python -m benchmarks rl
     python benchmarks/bench_rl.py [--iterations 5] [--children 2] [--max-batches 20]
 """
 
