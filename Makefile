@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[search,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[search,dev,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)
