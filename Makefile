@@ -20,11 +20,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sleepnas demo demo-output
 
+# Each pytest worker runs torch on one thread: two workers with two OpenMP threads each
+# on two cores spin against each other and run many times slower.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" -q
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
