@@ -8,10 +8,12 @@ from typing import Any
 
 import click
 
+from sleepnas.tools.cli_search_rl import RL_STRATEGY_NAMES, STRATEGY_HELP, rl_options
+
 logger = logging.getLogger(__name__)
 
 #: Strategies the command offers, spelled out so that ``--help`` does not import torch.
-STRATEGY_NAMES: tuple[str, ...] = ("darts",)
+STRATEGY_NAMES: tuple[str, ...] = ("darts",) + RL_STRATEGY_NAMES
 
 
 class _Option(click.Option):
@@ -45,7 +47,8 @@ _NOT_FIELDS = ("resume", "input_channels", "num_classes")
 
 @click.command()
 @_option("--strategy", type=click.Choice(STRATEGY_NAMES), default="darts",
-         help="Search strategy: darts = differentiable architecture search (Liu et al. 2019).")
+         help="Search strategy: darts = differentiable architecture search (Liu et al. 2019); "
+              + STRATEGY_HELP)
 @_option("--data-path", "data_path", type=click.Path(file_okay=False, path_type=Path), default=None,
          help="Folder with the recordings (searched recursively). Required unless --resume.")
 @_option("--save-dir", "save_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -120,6 +123,7 @@ _NOT_FIELDS = ("resume", "input_channels", "num_classes")
          help="Device to search on; auto takes CUDA when available.")
 @_option("--cache-dir", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
          help="Cache folder of the window store; default $SLEEPNAS_CACHE or ~/.cache/sleepnas.")
+@rl_options(_option)
 @click.pass_context
 def search(ctx: click.Context, **options: Any) -> None:
     """Search an architecture on the recordings in --data-path, then train and test it.
@@ -134,6 +138,11 @@ def search(ctx: click.Context, **options: Any) -> None:
     from sleepnas.search.final import format_results
     from sleepnas.search.strategy import make_strategy
 
+    if options["strategy"] == "both":
+        from sleepnas.tools.cli_search_rl import run_both
+
+        run_both(ctx, options, search_config)
+        return
     config = search_config(ctx, options)
     strategy = make_strategy(config, resume=options["resume"] is not None)
     result = strategy.run()
@@ -153,7 +162,7 @@ def search_config(ctx: click.Context, options: dict[str, Any]):
     """
     from sleepnas.runtime.errors import SleepnasError
     from sleepnas.runtime.stages import resolve_scheme
-    from sleepnas.search.strategy import SearchConfig
+    from sleepnas.search.rl import search_config as make_config
 
     given = {name for name in options
              if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
@@ -164,7 +173,7 @@ def search_config(ctx: click.Context, options: dict[str, Any]):
                                 "or --resume RUN_DIR to continue a run")
         values["scheme"] = resolve_scheme(options["scheme"], _int_or_none(options["num_classes"])).name
         _check_input_channels(options["input_channels"], values["channels"])
-        return SearchConfig(**values)
+        return make_config(values)
 
     saved = _saved_options(options["resume"])
     merged = dict(saved)
@@ -175,7 +184,7 @@ def search_config(ctx: click.Context, options: dict[str, Any]):
         merged["scheme"] = resolve_scheme(options["scheme"], _int_or_none(options["num_classes"])).name
     merged["save_dir"] = str(options["resume"])
     _check_input_channels(options["input_channels"], tuple(merged.get("channels", ())))
-    return SearchConfig(**merged)
+    return make_config(merged)
 
 
 def _parameter_of(field_name: str) -> str:
