@@ -140,10 +140,10 @@ def _synthesize(plan: DemoPlan, cohort_dir: Path, seed: int) -> None:
 def _use_one_torch_thread() -> None:
     """Run torch on one thread for the rest of this process.
 
-    The small preset's ops are too small to gain from a second thread (a search step
-    took 0.65 s on one thread and 0.67 s on two, on a 2-core machine), while two
-    OpenMP threads beside any other busy process spin-wait and ran a step 30-60
-    times slower in the same measurement.
+    The small preset's ops are too small to gain from a second thread: a search step
+    took 0.65 s on one thread and 0.67 s on two, on a 2-core machine. Two OpenMP
+    threads beside any other busy process spin-wait, which made a step 30-60 times
+    slower there.
     """
     import torch
 
