@@ -295,7 +295,7 @@ def score_recording(model: SleepModel, psg_path: str | os.PathLike, *, batch_siz
 
     spec = model.spec
     try:
-        data, sfreq = read_signals(psg_path, spec.channels, sfreq=spec.sfreq)
+        data, sfreq = read_signals(psg_path, spec.channels, sfreq=spec.sfreq, check_values=False)
     except (ValueError, RuntimeError, EOFError) as err:
         # MNE reports a truncated or malformed EDF with these.
         raise SleepnasError(f"cannot read {psg_path.name}: {err}; expected a complete EDF/BDF "

@@ -127,7 +127,7 @@ def _read_group(reader, header: EdfHeader, group: list[str], rate: float, sfreq:
 
 
 def read_signals(psg_path: str | os.PathLike, channels: Sequence[str], sfreq: float = 100.0,
-                 *, window_s: float = 30.0) -> tuple[np.ndarray, float]:
+                 *, window_s: float = 30.0, check_values: bool = True) -> tuple[np.ndarray, float]:
     """Read signals of a PSG file by name, brought to ``sfreq``.
 
     Signals are read with MNE one rate at a time. Slower signals (Sleep-EDF's 1-Hz
@@ -147,6 +147,9 @@ def read_signals(psg_path: str | os.PathLike, channels: Sequence[str], sfreq: fl
         Output sampling rate in Hz.
     window_s : float
         Window length in seconds; every signal's rate must give whole samples per window.
+    check_values : bool
+        Reject a signal with NaN values or one flat over the whole recording
+        (`check_signal_values`). Scoring turns this off because it flags such windows.
 
     Returns
     -------
@@ -172,5 +175,6 @@ def read_signals(psg_path: str | os.PathLike, channels: Sequence[str], sfreq: fl
         for name, signal in _read_group(reader, header, group, rate, sfreq, n_times).items():
             data[names.index(name)] = signal
 
-    check_signal_values(data, names, source)
+    if check_values:
+        check_signal_values(data, names, source)
     return data, float(sfreq)

@@ -151,6 +151,15 @@ def test_recording_flat_window_flagged(linear_model, tmp_path):
     assert result.n_flagged == 1
 
 
+def test_recording_flat_all_night_flagged(linear_model, tmp_path):
+    data = varying_signal(4 * 3000, seed=10)
+    data[1] = 7.0
+    path = write_psg(tmp_path / "dead.edf", dict(zip(CHANNELS, data)))
+    result = score_recording(linear_model, path)
+    assert result.n_windows == 4
+    assert result.flags == ["flat EMG submental"] * 4
+
+
 def test_unit_mismatch_warned(linear_model, caplog):
     picovolts = varying_signal(4 * 3000, seed=9) * 1e-12
     with caplog.at_level("WARNING", logger="sleepnas"):
