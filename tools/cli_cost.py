@@ -32,6 +32,13 @@ def _network_options(function):
                      help="Intermediate nodes per cell; default from the preset."),
         click.option("--ops", default=None,
                      help="Comma-separated op subset, such as conv_3x1,lstm; default: all 14 ops."),
+        click.option("--channels", default=None,
+                     help="Comma-separated input channel names of the model; only their number "
+                          "shapes the network.  [default: the 7 Sleep-EDF cassette signals]"),
+        click.option("--input-length", type=click.IntRange(min=32), default=3000,
+                     show_default=True, help="Samples per 30-s window at 100 Hz."),
+        click.option("--scheme", type=click.Choice(["aasm5", "rk7"]), default="aasm5",
+                     show_default=True, help="Stage scheme; it sets the classifier's outputs."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -39,12 +46,19 @@ def _network_options(function):
 
 
 def _network_config(preset: str, init_channels: int | None, num_cells: int | None,
-                    num_nodes: int | None, ops: str | None):
+                    num_nodes: int | None, ops: str | None, channels: str | None = None,
+                    input_length: int = 3000, scheme: str = "aasm5"):
+    from sleepnas.runtime.channels import parse_channels
+    from sleepnas.runtime.spec import CASSETTE_CHANNELS
+    from sleepnas.runtime.stages import get_scheme
     from sleepnas.search.network import network_config
     from sleepnas.search.ops import check_ops
 
+    names = parse_channels(channels) if channels is not None else CASSETTE_CHANNELS
     return network_config(preset, init_channels=init_channels, num_cells=num_cells,
-                          num_nodes=num_nodes, ops=check_ops(ops) if ops is not None else None)
+                          num_nodes=num_nodes, ops=check_ops(ops) if ops is not None else None,
+                          in_channels=len(names), n_times=input_length,
+                          n_classes=get_scheme(scheme).n_classes)
 
 
 def _runs_options(function):
@@ -79,7 +93,8 @@ def cost() -> None:
               help="Seed of the calibration genotypes.")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 def export_ops(preset: str, init_channels: int | None, num_cells: int | None,
-               num_nodes: int | None, ops: str | None, calibration_samples: int, seed: int,
+               num_nodes: int | None, ops: str | None, channels: str | None, input_length: int,
+               scheme: str, calibration_samples: int, seed: int,
                out_dir: Path) -> None:
     """Write every op model of a network to OUT_DIR as ONNX files, with a manifest.
 
@@ -87,7 +102,8 @@ def export_ops(preset: str, init_channels: int | None, num_cells: int | None,
     """
     from sleepnas.search.latency import export_op_models
 
-    config = _network_config(preset, init_channels, num_cells, num_nodes, ops)
+    config = _network_config(preset, init_channels, num_cells, num_nodes, ops, channels,
+                             input_length, scheme)
     manifest = export_op_models(config, out_dir, calibration_samples=calibration_samples,
                                 seed=seed)
     click.echo(f"wrote {manifest}")
@@ -129,7 +145,8 @@ def measure(op_dir: Path, output: Path, threads: int, warmup: int, repeats: int,
 @_runs_options
 @_clock_option
 def build(preset: str, init_channels: int | None, num_cells: int | None, num_nodes: int | None,
-          ops: str | None, threads: int, cache_dir: Path | None, rebuild: bool,
+          ops: str | None, channels: str | None, input_length: int, scheme: str, threads: int,
+          cache_dir: Path | None, rebuild: bool,
           output: Path | None, calibration_samples: int, warmup: int, repeats: int,
           clock: str) -> None:
     """Export and time the op models of a network on this machine (both halves at once).
@@ -138,7 +155,8 @@ def build(preset: str, init_channels: int | None, num_cells: int | None, num_nod
     """
     from sleepnas.search.latency import build_latency_table
 
-    config = _network_config(preset, init_channels, num_cells, num_nodes, ops)
+    config = _network_config(preset, init_channels, num_cells, num_nodes, ops, channels,
+                             input_length, scheme)
     table, path = build_latency_table(config, threads=threads, cache_dir=cache_dir,
                                       rebuild=rebuild, calibration_samples=calibration_samples,
                                       warmup=warmup, repeats=repeats, clock=clock)
@@ -165,7 +183,8 @@ def build(preset: str, init_channels: int | None, num_cells: int | None, num_nod
 @_clock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def check(samples: int, preset: str, init_channels: int | None, num_cells: int | None,
-          num_nodes: int | None, ops: str | None, threads: int, seed: int,
+          num_nodes: int | None, ops: str | None, channels: str | None, input_length: int,
+          scheme: str, threads: int, seed: int,
           latency_table: Path | None, cache_dir: Path | None, warmup: int, repeats: int,
           clock: str, as_json: bool) -> None:
     """Compare predicted and measured latency of random genotypes of a network.
@@ -175,7 +194,8 @@ def check(samples: int, preset: str, init_channels: int | None, num_cells: int |
     from sleepnas.search.cost import LatencyTable
     from sleepnas.search.latency import build_latency_table, check_cost_model
 
-    config = _network_config(preset, init_channels, num_cells, num_nodes, ops)
+    config = _network_config(preset, init_channels, num_cells, num_nodes, ops, channels,
+                             input_length, scheme)
     if latency_table is not None:
         table = LatencyTable.load(latency_table)
     else:

@@ -168,3 +168,15 @@ def test_build_then_check_json(tmp_path):
     assert report["median_abs_pct_error"] >= 0
     assert len(report["measured_ms"]) == 3
     assert all(value > 0 for value in report["predicted_ms"])
+
+
+def test_export_ops_for_channel_subset(tmp_path):
+    code, out, err = run_cli(["-q", "cost", "export-ops", "--preset", "small", "--num-cells", "2",
+                              "--ops", "conv_3x1,identity", "--calibration-samples", "0",
+                              "--channels", "EEG Fpz-Cz,EOG horizontal", "--input-length", "3000",
+                              "--scheme", "rk7", str(tmp_path / "ops")])
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "ops" / "manifest.json").read_text())
+    text = json.dumps(manifest)
+    assert "1x2x3000" in text or "[1, 2, 3000]" in text
+    assert "[1, 7, 3000]" not in text
