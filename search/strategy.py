@@ -473,7 +473,10 @@ class SearchStrategy:
                     rundir.create_run_dir(existing)
             config.network_config()
             if config.latency_table or config.latency_weight > 0:
-                self.cost_model()
+                cost_model = self.cost_model()
+                if cost_model.latency_table is not None:
+                    # Looks up every op and fixed part, so a table of another network fails here.
+                    cost_model.op_cost_tensors()
             data = load_search_data(config)
         run_dir = rundir.create_run_dir(config.save_dir, prefix=config.strategy, resume=self.resume)
         handler = rundir.add_log_file(run_dir)

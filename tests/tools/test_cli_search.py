@@ -148,3 +148,18 @@ def test_search_runs_and_resume_checks_options(tmp_path, fake_cohort):
     assert code == 1
     assert "corrupt checkpoint" in err
     assert (run_dir / rundir.CHECKPOINT).read_bytes() == b"garbage"
+
+
+def test_table_of_other_network_leaves_no_run(tmp_path, fake_cohort):
+    from sleepnas.search.network import network_config
+    from tests.searchtools import fixed_latency_table
+
+    other = network_config("small", init_channels=4, num_cells=3, num_nodes=2, ops=TINY_OPS,
+                           n_times=640)
+    table = tmp_path / "table.json"
+    fixed_latency_table(other, {op: 1.0 for op in TINY_OPS}).save(table)
+    code, _, err = _search(tmp_path, "--latency-table", str(table), "--latency-weight", "1",
+                           "--save-dir", str(tmp_path / "run"))
+    assert code == 1
+    assert "has no entry" in err
+    assert not (tmp_path / "run").exists()
