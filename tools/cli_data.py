@@ -145,12 +145,13 @@ def fetch(out_dir, subjects, recordings):
 @data.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--subjects", type=int, default=4, show_default=True,
-              help="Number of subjects, numbered from 0 as in Sleep-EDF.")
-@click.option("--nights", type=int, default=2, show_default=True, help="Nights per subject.")
+              help="Number of subjects, 1 to 100, numbered from 0 as in Sleep-EDF.")
+@click.option("--nights", type=int, default=2, show_default=True,
+              help="Nights per subject (Sleep-EDF cassette subjects have 1 or 2).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed; the same options write byte-identical files.")
 @click.option("--hours", type=float, default=None,
-              help="Length of each recording in hours, for short test data. Default: a "
+              help="Length of each recording in hours, 0.25 to 24, for short test data. Default: a "
                    "realistic night of about 9-10 h with wake around the sleep period.")
 def synth(out_dir, subjects, nights, seed, hours):
     """Write a synthetic cohort in the Sleep-EDF cassette layout into OUT_DIR."""

@@ -44,9 +44,11 @@ def rl_options(option: Callable[..., Any]) -> Callable[[Any], Any]:
                default="predicted", help="[rl] Latency in the reward: predicted by the latency table "
                                          "(reproducible) or measured with onnxruntime."),
         option("--latency-exponent", "latency_exponent", type=float, default=-0.07,
-               help="[rl] Exponent w of the reward factor (latency / --latency-budget-ms)^w."),
+               help="[rl] Exponent w of the reward factor (latency / --latency-budget-ms)^w; "
+                    "without a budget the factor is 1."),
         option("--flops-exponent", "flops_exponent", type=float, default=-0.07,
-               help="[rl] Exponent w of the reward factor (MFLOPs / --flops-budget)^w."),
+               help="[rl] Exponent w of the reward factor (MFLOPs / --flops-budget)^w; "
+                    "without a budget the factor is 1."),
         option("--temperature", type=float, default=1.0, help="[rl] Temperature of the controller's logits."),
         option("--tanh-constant", "tanh_constant", type=float, default=None,
                help="[rl] Bound the controller's logits to ±C with C * tanh(logits); default unbounded."),
