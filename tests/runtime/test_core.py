@@ -78,3 +78,17 @@ def test_agreement_matches_hand_count():
     assert result["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     # kappa: po = 4/6, pe = (2*2 + 2*3 + 2*1)/36 = 12/36
     assert result["kappa"] == pytest.approx((4 / 6 - 1 / 3) / (1 - 1 / 3))
+
+
+def test_atomic_write_follows_umask(tmp_path):
+    import os
+
+    from sleepnas.runtime.utils import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(previous)
+    assert path.read_text() == "x"
+    assert path.stat().st_mode & 0o777 == 0o644
