@@ -30,4 +30,5 @@ def demo(out_dir: Path, quick: bool, seed: int, cache_dir: Path | None) -> None:
     from sleepnas.tools.demo import format_report, run_demo
 
     report = run_demo(out_dir, quick=quick, seed=seed, cache_dir=cache_dir)
+    click.echo("\n=== sleepnas demo report ===\n")
     click.echo(format_report(report))
