@@ -12,8 +12,6 @@ import dataclasses
 import importlib
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +25,7 @@ from sleepnas.runtime.spec import CASSETTE_CHANNELS, WindowSpec
 from sleepnas.runtime.stages import resolve_scheme
 from sleepnas.search import rundir
 from sleepnas.search.penalty import check_budget
+from sleepnas.search.training import InterruptFlag
 
 logger = logging.getLogger(__name__)
 
@@ -296,34 +295,6 @@ def load_search_data(config: SearchConfig, split: dict[str, list[str]] | None = 
     search = make_data(cohort.windows, cohort.labels, subjects, cohort.spec, search_split,
                        seed=config.seed)
     return SearchData(final=final, search=search, split=split)
-
-
-class InterruptFlag:
-    """Turns the first Ctrl-C into a flag that a loop checks between mini-batches.
-
-    A second Ctrl-C raises `KeyboardInterrupt` at once. Outside the main thread signals
-    cannot be caught, and the flag stays down.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        logger.warning("interrupt received: saving a checkpoint after this mini-batch "
-                       "(press Ctrl-C again to stop at once)")
-
-    def __enter__(self) -> InterruptFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclass

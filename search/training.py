@@ -226,11 +226,11 @@ class TrainResult:
         return asdict(self)
 
 
-class _InterruptFlag:
-    """Turn the first Ctrl-C into a flag the loop checks between mini-batches.
+class InterruptFlag:
+    """Turns the first Ctrl-C into a flag that a loop checks between mini-batches.
 
-    A second Ctrl-C raises at once. Outside the main thread (a worker), signals
-    cannot be caught and the flag stays down.
+    A second Ctrl-C raises `KeyboardInterrupt` at once. Outside the main thread (a
+    worker) signals cannot be caught, and the flag stays down.
     """
 
     def __init__(self) -> None:
@@ -244,7 +244,7 @@ class _InterruptFlag:
         logger.warning("interrupt received: saving a checkpoint after this mini-batch "
                        "(press Ctrl-C again to stop at once)")
 
-    def __enter__(self) -> _InterruptFlag:
+    def __enter__(self) -> InterruptFlag:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -391,7 +391,7 @@ def train_model(model: nn.Module, data: TrainData, config: TrainConfig, *,
 
         loop = _Loop(model, data, config, device, optimizer, scheduler, criterion, run_dir,
                      log_every, batch_callback, checkpoint_extra, progress_bar)
-        with _InterruptFlag() as interrupt:
+        with InterruptFlag() as interrupt:
             loop.interrupt = interrupt
             loop.run(state)
         return _finish(model, data, config, state, device, run_dir, weights)
@@ -420,7 +420,7 @@ def _start(model: nn.Module, optimizer: Any, scheduler: Any, data: TrainData, co
 class _Loop:
     """The epoch loop of `train_model`, with the objects every step needs."""
 
-    interrupt: _InterruptFlag
+    interrupt: InterruptFlag
 
     def __init__(self, model: nn.Module, data: TrainData, config: TrainConfig, device: torch.device,
                  optimizer: Any, scheduler: Any, criterion: nn.Module, run_dir: str | Path | None,

@@ -9,33 +9,15 @@ from typing import Any
 import click
 
 from sleepnas.tools.cli_search_rl import RL_STRATEGY_NAMES, STRATEGY_HELP, rl_options
+from sleepnas.tools.options import underscore_option
 
 logger = logging.getLogger(__name__)
 
 #: Strategies the command offers, spelled out so that ``--help`` does not import torch.
 STRATEGY_NAMES: tuple[str, ...] = ("darts",) + RL_STRATEGY_NAMES
 
-
-class _Option(click.Option):
-    """An option whose underscore spellings (``--data_path``) work but stay out of ``--help``."""
-
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        saved = self.opts
-        self.opts = [name for name in saved if "_" not in name.lstrip("-")] or saved
-        try:
-            return super().get_help_record(ctx)
-        finally:
-            self.opts = saved
-
-
-def _option(*names: str, **kwargs: Any) -> Any:
-    """Declare an option that also accepts the original tool's underscore spelling of each name."""
-    spellings = list(names)
-    for name in names:
-        if name.startswith("--") and "-" in name[2:]:
-            spellings.append("--" + name[2:].replace("-", "_"))
-    kwargs.setdefault("show_default", True)
-    return click.option(*spellings, cls=_Option, **kwargs)
+#: Options that also accept the original tool's underscore spelling (`--data_path`).
+_option = underscore_option
 
 
 # CLI parameter -> SearchConfig field, where the two names differ.
