@@ -79,11 +79,17 @@ def score(model_path: Path, recordings: tuple[Path, ...], output_dir: Path | Non
     lights = (None if lights_off is None else parse_lights(lights_off, "--lights-off"),
               None if lights_on is None else parse_lights(lights_on, "--lights-on"))
     model = load_model(model_path, threads=threads, providers=provider)
+    created = not output_dir.exists()
     check_output_dir(output_dir)
     logger.debug("model %s: %s, channels %s", model.path.name, model.spec.scheme,
                 ", ".join(model.spec.channels))
-    _score_files(model, recordings, output_dir, batch_size=batch_size, plot=plot,
-                 reference=False if no_reference else reference, lights=lights)
+    try:
+        _score_files(model, recordings, output_dir, batch_size=batch_size, plot=plot,
+                     reference=False if no_reference else reference, lights=lights)
+    finally:
+        # A folder this command made and left empty (every recording failed) is removed.
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
 
 
 def _check_score_options(recordings, output_dir, reference, no_reference) -> None:
