@@ -30,8 +30,8 @@ def random_batch(config: NetworkConfig, batch_size: int, seed: int) -> tuple[tor
 
 
 def data_batch(data_path: str | os.PathLike, config: NetworkConfig, batch_size: int, seed: int, *,
-               scheme: str = "aasm5", cache_dir: str | os.PathLike | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               scheme: str = "aasm5", cache_dir: str | os.PathLike | None = None,
+               channels: tuple[str, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return a seeded sample of labelled windows of the recordings under ``data_path``.
 
     The windows are normalized with a scale fitted on the sample itself, because no
@@ -41,7 +41,8 @@ def data_batch(data_path: str | os.PathLike, config: NetworkConfig, batch_size: 
     from sleepnas.runtime.spec import WindowSpec
     from sleepnas.runtime.store import load_cohort
 
-    spec = WindowSpec(scheme=scheme)
+    spec = WindowSpec(scheme=scheme) if channels is None else WindowSpec(
+        channels=channels, scheme=scheme, window_s=config.n_times / 100.0)
     if (spec.n_chans, spec.n_times) != (config.in_channels, config.n_times):
         raise SleepnasError(f"the network takes {config.in_channels} x {config.n_times} windows but the "
                             f"recordings give {spec.n_chans} x {spec.n_times}")

@@ -27,6 +27,11 @@ PROXY_CHOICES: tuple[str, ...] = ("snip", "grasp", "grad_norm", "synflow", "fish
               help="Intermediate nodes per cell; default from the preset (must match the genotype).")
 @click.option("--scheme", type=click.Choice(["aasm5", "rk7"]), default="aasm5", show_default=True,
               help="Stage scheme; sets the number of classes (5 or 7).")
+@click.option("--channels", default=None,
+              help="Comma-separated input channel names the genotype was searched with.  "
+                   "[default: the 7 Sleep-EDF cassette signals]")
+@click.option("--input-length", type=click.IntRange(min=32), default=3000, show_default=True,
+              help="Samples per 30-s window at 100 Hz.")
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Latency table (JSON) for the predicted latency; default this machine's cached "
                    "table, if any.")
@@ -47,7 +52,8 @@ PROXY_CHOICES: tuple[str, ...] = ("snip", "grasp", "grad_norm", "synflow", "fish
               help="Seed of the network weights and of the mini-batch sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate(genotype: Path, preset: str, init_channels: int | None, num_cells: int | None,
-             num_nodes: int | None, scheme: str, latency_table: Path | None, threads: int,
+             num_nodes: int | None, scheme: str, channels: str | None, input_length: int,
+             latency_table: Path | None, threads: int,
              no_measure: bool, data_path: Path | None, cache_dir: Path | None, batch_size: int,
              proxy_names: tuple[str, ...], no_proxies: bool, seed: int, as_json: bool) -> None:
     """Report params, FLOPs, predicted and measured latency and zero-cost proxies of GENOTYPE.
@@ -60,15 +66,21 @@ def evaluate(genotype: Path, preset: str, init_channels: int | None, num_cells: 
     from sleepnas.search.genotype import Genotype
     from sleepnas.search.network import network_config
 
+    from sleepnas.runtime.channels import parse_channels
+    from sleepnas.runtime.spec import CASSETTE_CHANNELS
+
+    names = parse_channels(channels) if channels is not None else CASSETTE_CHANNELS
     n_classes = 7 if scheme == "rk7" else 5
     config = network_config(preset, init_channels=init_channels, num_cells=num_cells,
-                            num_nodes=num_nodes, n_classes=n_classes)
+                            num_nodes=num_nodes, n_classes=n_classes, in_channels=len(names),
+                            n_times=input_length)
     loaded = Genotype.load(genotype, num_nodes=config.num_nodes, ops=config.ops)
 
     proxies = () if no_proxies else (proxy_names or PROXY_CHOICES)
     inputs = None
     if data_path is not None and proxies:
-        inputs = data_batch(data_path, config, batch_size, seed, scheme=scheme, cache_dir=cache_dir)
+        inputs = data_batch(data_path, config, batch_size, seed, scheme=scheme, cache_dir=cache_dir,
+                            channels=names)
 
     report = evaluate_genotype(loaded, config, latency_table=latency_table, measure=not no_measure,
                                threads=threads, inputs=inputs, batch_size=batch_size, seed=seed,

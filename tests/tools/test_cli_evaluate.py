@@ -114,3 +114,16 @@ def test_evaluate_proxies_on_recordings(genotype_file, tmp_path):
     report = json.loads(out)
     assert report["proxy_input"] == "data"
     assert all(math.isfinite(v) for v in report["proxies"].values())
+
+
+def test_channel_subset_sets_stem_width(tmp_path):
+    config = network_config("small", in_channels=2)
+    genotype = random_genotype(config.ops, config.num_nodes, seed=3)
+    path = tmp_path / "genotype.json"
+    genotype.save(path)
+    code, out, err = run_cli(["evaluate", str(path), "--preset", "small", "--channels",
+                              "EEG Fpz-Cz,EOG horizontal", "--no-measure", "--no-proxies",
+                              "--json"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["params"] == count_params(Network(config, genotype))
