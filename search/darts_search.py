@@ -20,6 +20,7 @@ from torch import nn
 from sleepnas.runtime.utils import progress
 from sleepnas.search.collapse import CollapseGuard
 from sleepnas.search.darts import Architect, clip_weight_gradients
+from sleepnas.search.dataset import read_batch
 from sleepnas.search.penalty import CostPenalty
 from sleepnas.search.strategy import SearchContext, SearchStrategy
 
@@ -41,14 +42,6 @@ class _EpochState:
     count: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
-
-
-def _read_batch(data: Any, index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read and normalize the windows at ``index`` (sorted reads of the memmap, order kept)."""
-    order = np.argsort(index, kind="stable")
-    raw = np.asarray(data.windows[index[order]], dtype=np.float32)[np.argsort(order, kind="stable")]
-    x = torch.from_numpy(data.spec.normalize(raw)).to(device)
-    return x, torch.from_numpy(data.labels[index]).to(device)
 
 
 def _batches(index: np.ndarray, batch_size: int, seed: list[int]) -> list[np.ndarray]:
@@ -178,8 +171,8 @@ class _SearchLoop:
         for b in steps:
             if self.context.interrupt.requested:
                 self._save_and_stop(state)
-            train_batch = _read_batch(data, weight_batches[b], device)
-            arch_batch = _read_batch(data, arch_batches[b % len(arch_batches)], device)
+            train_batch = read_batch(data, weight_batches[b], device)
+            arch_batch = read_batch(data, arch_batches[b % len(arch_batches)], device)
             state.arch_loss_sum += self.architect.step(train_batch, arch_batch, w_lr, self.w_optimizer)
 
             self.w_optimizer.zero_grad(set_to_none=True)
@@ -204,7 +197,7 @@ class _SearchLoop:
         self.model.eval()
         loss_sum, correct = 0.0, 0
         for start in range(0, len(self.eval_index), 128):
-            x, y = _read_batch(self.data, self.eval_index[start:start + 128], self.context.device)
+            x, y = read_batch(self.data, self.eval_index[start:start + 128], self.context.device)
             logits = self.model(x)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())

@@ -138,7 +138,7 @@ def data_from_cohort(cohort: Any, split: Any, **kwargs: Any) -> TrainData:
     return make_data(cohort.windows, cohort.labels, cohort.subjects, cohort.spec, split, **kwargs)
 
 
-def _batch(data: TrainData, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def read_batch(data: TrainData, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Read, normalize and move the windows at ``idx``, in the order of ``idx``."""
     # Sorted indices read a memmap front to back; the inverse order puts them back.
     order = np.argsort(idx, kind="stable")
@@ -158,7 +158,7 @@ def predict(model: nn.Module, data: TrainData, index: np.ndarray, *, batch_size:
     index = np.asarray(index, dtype=np.int64)
     try:
         for start in range(0, len(index), batch_size):
-            x, y = _batch(data, index[start:start + batch_size], device)
+            x, y = read_batch(data, index[start:start + batch_size], device)
             logits = model(x)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             predictions.append(logits.argmax(1).cpu().numpy())

@@ -219,13 +219,13 @@ class SearchLoop:
     def _screen_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the fixed mini-batch of training windows every child is screened on."""
         if self._proxy_batch is None:
-            from sleepnas.search.dataset import _batch
+            from sleepnas.search.dataset import read_batch
 
             data = self.context.data.final
             rng = np.random.default_rng([self.config.seed, 3])
             size = min(self.config.batch_size, len(data.train_index))
             index = np.sort(rng.choice(data.train_index, size=size, replace=False))
-            self._proxy_batch = _batch(data, index, torch.device("cpu"))
+            self._proxy_batch = read_batch(data, index, torch.device("cpu"))
         return self._proxy_batch
 
     def _screen_totals(self, records: list[dict[str, Any]]) -> dict[str, Any]:

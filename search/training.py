@@ -36,11 +36,11 @@ from . import rundir
 from .dataset import (
     FIT_SCALE_WINDOWS,
     TrainData,
-    _batch,
     data_from_cohort,
     evaluate_model,
     make_data,
     predict,
+    read_batch,
 )
 
 logger = logging.getLogger(__name__)
@@ -463,7 +463,7 @@ class _Loop:
         steps = progress(range(state.batch, len(batches)), desc=f"epoch {epoch}/{config.epochs}",
                          total=len(batches) - state.batch, unit="batch", enabled=self.progress_bar)
         for b in steps:
-            x, y = _batch(self.data, batches[b], self.device)
+            x, y = read_batch(self.data, batches[b], self.device)
             self.optimizer.zero_grad(set_to_none=True)
             logits = self.model(x)
             loss = self.criterion(logits, y)
