@@ -38,9 +38,9 @@ STRATEGIES: dict[str, str] = {
 #: Marker of a search checkpoint (a final-training checkpoint has none).
 SEARCH_CHECKPOINT = "sleepnas-search"
 
-# Options that may change when a run is resumed: where things are, how they are shown,
-# gradient checkpointing, which trades memory for time (so an out-of-memory run can go on),
-# and where RL children run, which does not change their results.
+# Options that may change when a run is resumed, because none changes its results: where
+# things are, how they are shown, and where RL children run. Gradient checkpointing only
+# trades memory for time, so an out-of-memory run can go on with it.
 _RESUME_FREE_KEYS = ("data_path", "save_dir", "cache_dir", "device", "print_freq", "checkpoint_cells",
                      "workers", "executor", "ray_address")
 

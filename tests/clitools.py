@@ -20,5 +20,8 @@ def run_cli(args: list[str]) -> tuple[int, str, str]:
         try:
             main(list(args))
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if isinstance(exc.code, int):
+                code = exc.code
+            elif exc.code is not None:
+                code = 1
     return code, out.getvalue(), err.getvalue()
